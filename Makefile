@@ -1,0 +1,42 @@
+# Two commands for a fresh Debian/Ubuntu machine:  make demo  ·  make test
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test install install-dev data lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade --quiet pip
+
+# torch==2.13.0 is pinned in pyproject.toml; pip takes the CPU wheel where one is provided locally.
+install: $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+
+install-dev: $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+
+# Fashion-MNIST: the Debian package where apt can install it, else the official files (SHA-256 checked).
+data: install
+	@if [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then \
+		echo "Fashion-MNIST: /usr/share/datasets/fashion-mnist"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] \
+		&& (apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 \
+		    || (apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null)); then \
+		echo "Fashion-MNIST: installed the Debian package dataset-fashion-mnist"; \
+	else \
+		$(BIN)/bigmodel data fetch fashion-mnist; \
+	fi
+
+demo: data
+	$(BIN)/bigmodel train
+
+test: install-dev data
+	$(BIN)/python -m pytest -n 2 --durations=15
+
+lint: install-dev
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

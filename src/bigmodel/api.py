@@ -1,0 +1,153 @@
+"""The public workflows, one function per CLI subcommand: train, evaluate, predict."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from bigmodel.config import Config, apply_overrides, validate_config
+from bigmodel.data import BatchLoader, DataBundle, build_data
+from bigmodel.engine.callbacks import Checkpoints, EarlyStopping, MetricsJsonl, ProgressBar, TensorBoard
+from bigmodel.engine.checkpoint import load_state, load_weights
+from bigmodel.engine.device import resolve_device, resolve_precision, seed_everything
+from bigmodel.engine.trainer import Callback, Trainer, predict_logits
+from bigmodel.errors import UserError
+from bigmodel.evaluation.metrics import classification_metrics
+from bigmodel.models import build_model
+from bigmodel.run import (
+    Run,
+    RunPaths,
+    count_parameters,
+    new_run_dir,
+    read_config,
+    write_json,
+    write_run_files,
+)
+
+
+def train(cfg: Config, out: str | Path | None = None) -> Path:
+    """Train from a validated config into a new run directory; returns the directory.
+
+    Data, model and device are all built before the directory is created, so a mistake in any of
+    them leaves nothing behind.
+    """
+    data, model = _prepare(cfg)
+    paths = RunPaths(new_run_dir(cfg.name or "run", out))
+    trainer = Trainer(model, data, cfg, _callbacks(cfg, paths))
+    write_run_files(paths, cfg, data.info)
+    return _fit_and_report(trainer, paths)
+
+
+def resume(run: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Path:
+    """Continue a run from its last checkpoint (overrides may, e.g., raise ``train.epochs``)."""
+    paths = RunPaths(Path(run))
+    original = validate_config(read_config(paths.root))
+    cfg = validate_config(apply_overrides(read_config(paths.root), overrides))
+    frozen = {"data": (original.data, cfg.data), "model": (original.model, cfg.model)}
+    frozen["optim.name"] = (original.optim.name, cfg.optim.name)
+    for key, (was, now) in frozen.items():
+        if was != now:
+            raise UserError(
+                f"{key} cannot change on --resume (the checkpoint was trained with {was}); start a new run"
+            )
+    data, model = _prepare(cfg)
+    state = load_state(paths.checkpoints, "last")
+    load_weights(model, paths.checkpoints / "last.safetensors")
+    trainer = Trainer(model, data, cfg, _callbacks(cfg, paths))
+    trainer.load_state_dict(state)
+    # Epochs after the checkpoint may have been logged before a crash: the checkpoint is the truth.
+    paths.metrics.write_text("".join(json.dumps(m) + "\n" for m in trainer.history), encoding="utf-8")
+    write_run_files(paths, cfg, data.info)
+    print(f"resuming {paths.root} after epoch {trainer.epoch}", file=sys.stderr)
+    return _fit_and_report(trainer, paths)
+
+
+def _prepare(cfg: Config) -> tuple[DataBundle, nn.Module]:
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    seed_everything(cfg.train.seed, cfg.train.deterministic)
+    data = build_data(cfg.data)
+    return data, build_model(cfg.model, data.info)
+
+
+def _callbacks(cfg: Config, paths: RunPaths) -> list[Callback]:
+    callbacks: list[Callback] = [
+        Checkpoints(paths.checkpoints),
+        MetricsJsonl(paths.metrics),
+        TensorBoard(paths.root),
+    ]
+    if cfg.train.early_stopping.patience:
+        callbacks.append(EarlyStopping(cfg.train.early_stopping.patience, cfg.train.early_stopping.min_delta))
+    if cfg.train.progress:
+        callbacks.append(ProgressBar())
+    return callbacks
+
+
+def _fit_and_report(trainer: Trainer, paths: RunPaths) -> Path:
+    trainer.fit()
+    print(f"stopped: {trainer.stop_reason}", file=sys.stderr)
+    # Report the best checkpoint, which is what evaluate and predict will load.
+    load_weights(trainer.model, paths.checkpoints / "best.safetensors")
+    val = trainer.evaluate(trainer.val_loader)
+    test_loader = BatchLoader(
+        trainer.data.test, trainer.cfg.train.eval_batch_size, trainer.data.eval_transform
+    )
+    test = trainer.evaluate(test_loader)
+    history = trainer.history
+    report = {
+        "test": test,
+        "val": val,
+        "train_seconds": history[-1]["elapsed_seconds"] if history else 0.0,
+        "params": count_parameters(trainer.model),
+        "epochs": trainer.epoch,
+        "best_epoch": next(cb.best_epoch for cb in trainer.callbacks if isinstance(cb, Checkpoints)),
+        "stop_reason": trainer.stop_reason,
+        "device": str(trainer.device),
+        "precision": str(trainer.dtype).removeprefix("torch."),
+        "samples_per_s_median": _median([h["train/samples_per_s"] for h in history]),
+    }
+    write_json(paths.report, report)
+    return paths.root
+
+
+def _median(values: list[float]) -> float:
+    return float(torch.tensor(values).median()) if values else 0.0
+
+
+def evaluate(run: str | Path, split: str = "test") -> dict[str, Any]:
+    """Metrics of a run's best checkpoint on one split of its data (rebuilt from its config)."""
+    loaded = Run.load(run)
+    data = build_data(loaded.config.data)
+    device = resolve_device(loaded.config.train.device)
+    dtype = resolve_precision(loaded.config.train.precision, device)
+    loader = BatchLoader(data.split(split), loaded.config.train.eval_batch_size, data.eval_transform)
+    logits, labels = predict_logits(loaded.model.to(device), loader, device, dtype)
+    return classification_metrics(logits, labels, loaded.info.classes)
+
+
+def predict(run: str | Path, inputs: list[str], top_k: int = 3) -> list[dict[str, Any]]:
+    """Top-k classes with probabilities for each input file."""
+    from bigmodel.data.vision import image_transform, prepare_images
+
+    loaded = Run.load(run)
+    pixels = prepare_images(inputs, loaded.info)
+    features = image_transform(loaded.info)({"pixels": pixels})
+    with torch.inference_mode():
+        probs = torch.softmax(loaded.model(**features).float(), dim=1)
+    k = min(top_k, probs.shape[1])
+    top = probs.topk(k, dim=1)
+    return [
+        {
+            "input": name,
+            "top": [
+                {"class": loaded.info.classes[int(i)], "probability": float(p)}
+                for p, i in zip(top.values[row], top.indices[row], strict=True)
+            ],
+        }
+        for row, name in enumerate(inputs)
+    ]

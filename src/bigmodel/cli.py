@@ -1,0 +1,150 @@
+"""Command line: parsing and printing only; each subcommand calls one function of ``bigmodel.api``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from bigmodel.errors import UserError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "interrupted; the last finished epoch is in checkpoints/last (resume with --resume RUN)",
+            file=sys.stderr,
+        )
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bigmodel", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model from a YAML config (default: Fashion-MNIST)")
+    p.add_argument("args", nargs="*", metavar="[CONFIG] [section.key=value ...]")
+    p.add_argument("--out", help="run directory (default: runs/<config name>)")
+    p.add_argument("--resume", metavar="RUN", help="continue RUN from its last checkpoint")
+    p.set_defaults(handler=_train)
+
+    p = sub.add_parser("evaluate", help="accuracy, precision, recall, F1 and confusion matrix of a run")
+    p.add_argument("run")
+    p.add_argument("--split", choices=["val", "test"], default="test")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.set_defaults(handler=_evaluate)
+
+    p = sub.add_parser("predict", help="top classes for image files")
+    p.add_argument("run")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE")
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_predict)
+
+    p = sub.add_parser("models", help="list the models and their settings")
+    p.set_defaults(handler=_models)
+
+    data = sub.add_parser("data", help="named data sets").add_subparsers(dest="data_command", required=True)
+    p = data.add_parser("fetch", help="download a named data set into the cache and verify its SHA-256")
+    p.add_argument("name")
+    p.add_argument("--url", help="base URL to download from (default: the official one)")
+    p.add_argument("--dest", help="directory to download into (default: the cache)")
+    p.set_defaults(handler=_fetch)
+    return parser
+
+
+def _train(args: argparse.Namespace) -> int:
+    from bigmodel import api
+    from bigmodel.config import load_config
+
+    config, overrides = _split_config_args(args.args)
+    if args.resume:
+        if config is not None:
+            raise UserError("--resume takes its config from the run; pass only section.key=value overrides")
+        run = api.resume(args.resume, overrides)
+    else:
+        run = api.train(load_config(config, overrides), args.out)
+    report = json.loads((run / "report.json").read_text())
+    test = report["test"]
+    print(
+        f"test accuracy {test['accuracy']:.4f}  f1_macro {test['f1_macro']:.4f}  "
+        f"precision_macro {test['precision_macro']:.4f}  recall_macro {test['recall_macro']:.4f}  "
+        f"({report['train_seconds']:.0f} s, {report['params']:,} params, best epoch {report['best_epoch']})"
+    )
+    print(f"run:         {run}")
+    print(f"report:      {run / 'report.json'}")
+    print(f"tensorboard: tensorboard --logdir {run}")
+    return 0
+
+
+def _split_config_args(items: list[str]) -> tuple[str | None, list[str]]:
+    """The first argument is the config unless it is an override (contains '=')."""
+    if items and "=" not in items[0]:
+        return items[0], items[1:]
+    for item in items:
+        if "=" not in item:
+            raise UserError(f"{item!r} must come first (as the CONFIG) or look like section.key=value")
+    return None, items
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from bigmodel import api
+
+    metrics = api.evaluate(args.run, args.split)
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+        return 0
+    print(f"{args.split}: {metrics['count']} examples")
+    for key in ("accuracy", "precision_macro", "recall_macro", "f1_macro", "loss"):
+        print(f"  {key:<16} {metrics[key]:.4f}")
+    names = list(metrics["per_class"])
+    width = max(len(n) for n in names) + 2
+    print(f"\n{'class':<{width}}{'precision':>10}{'recall':>10}{'f1':>10}")
+    for name, row in metrics["per_class"].items():
+        print(f"{name:<{width}}{row['precision']:>10.4f}{row['recall']:>10.4f}{row['f1']:>10.4f}")
+    print("\nconfusion matrix (rows: true class, columns: predicted)")
+    cells = max(len(str(v)) for row in metrics["confusion_matrix"] for v in row) + 1
+    for name, row in zip(names, metrics["confusion_matrix"], strict=True):
+        print(f"{name:<{width}}" + "".join(f"{v:>{cells}}" for v in row))
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from bigmodel import api
+
+    if args.top_k < 1:
+        raise UserError(f"--top-k must be at least 1, got {args.top_k}")
+    results = api.predict(args.run, args.inputs, args.top_k)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    for result in results:
+        ranked = "  ".join(f"{t['class']} {t['probability']:.3f}" for t in result["top"])
+        print(f"{result['input']}: {ranked}")
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from bigmodel.models import list_models, model_settings
+
+    for name in list_models():
+        settings: dict[str, Any] = model_settings(name)
+        print(f"{name:<10} " + ", ".join(f"{k}={v}" for k, v in settings.items()))
+    return 0
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    from bigmodel.data import sources
+
+    dest = sources.fetch(args.name, base_url=args.url, dest=Path(args.dest) if args.dest else None)
+    print(f"{args.name}: verified in {dest}")
+    return 0

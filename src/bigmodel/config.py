@@ -1,0 +1,221 @@
+"""Typed configuration: YAML file + ``section.key=value`` overrides → a validated ``Config``.
+
+Every section forbids unknown keys, so a typo fails loudly with the list of keys that exist.
+The model section is open: its extra keys belong to the chosen model and are checked by the
+model registry against that model's own settings.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from bigmodel.errors import UserError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class AugmentConfig(Section):
+    crop_padding: int = Field(0, ge=0, description="random crop after zero padding by this many pixels")
+    hflip: bool = Field(False, description="random horizontal flip")
+    random_erasing: float = Field(0.0, ge=0.0, le=1.0, description="probability of erasing one rectangle")
+
+
+class DataConfig(Section):
+    name: str | None = Field("fashion-mnist", description="a named data set (see `bigmodel data list`)")
+    path: str | None = Field(None, description="your own data: an image folder or an .npz file")
+    limit: int | None = Field(None, gt=0, description="train on the first N training examples only")
+    val_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="share of train carved out for validation")
+    split_seed: int = Field(0, description="seed of the train/validation split (fixed on purpose)")
+    image_size: int | None = Field(None, gt=0, description="resize images to this square size")
+    channels: int | None = Field(None, description="1 (grey) or 3 (RGB); default: what the data has")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataConfig:
+        if self.path is not None:
+            # data.path wins: a user pointing at their own files never means the default data set.
+            object.__setattr__(self, "name", None)
+        if self.name is None and self.path is None:
+            raise ValueError("set data.name (a named data set) or data.path (files of your own)")
+        if self.channels not in (None, 1, 3):
+            raise ValueError(f"data.channels must be 1 or 3, got {self.channels}")
+        return self
+
+
+class ModelConfig(BaseModel):
+    """``name`` picks the architecture; any other key is a setting of that architecture."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = "cnn"
+
+    def settings(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class EarlyStoppingConfig(Section):
+    patience: int | None = Field(None, gt=0, description="epochs without improvement before stopping")
+    min_delta: float = Field(0.0, ge=0.0)
+
+
+MONITORABLE = Literal[
+    "val/accuracy", "val/loss", "val/f1_macro", "val/precision_macro", "val/recall_macro",
+    "train/accuracy", "train/loss",
+]  # fmt: skip
+
+
+class TrainConfig(Section):
+    epochs: int = Field(10, gt=0)
+    batch_size: int = Field(128, gt=0)
+    eval_batch_size: int = Field(1024, gt=0)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    seed: int = 0
+    deterministic: bool = False
+    grad_clip: float | None = Field(None, gt=0, description="clip the global gradient norm to this")
+    grad_accum: int = Field(1, gt=0, description="batches per optimizer step")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    monitor: MONITORABLE = Field(
+        "val/accuracy", description="metric for the best checkpoint and early stopping"
+    )
+    early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
+    channels_last: bool = True
+    threads: int | None = Field(None, gt=0, description="torch intra-op threads; default: all cores")
+    progress: bool = True
+
+    @property
+    def monitor_mode(self) -> str:
+        """Losses improve downwards, every other monitored metric upwards."""
+        return "min" if self.monitor.endswith("loss") else "max"
+
+
+class OptimConfig(Section):
+    name: Literal["sgd", "adam", "adamw"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="sgd only")
+    nesterov: bool = Field(False, description="sgd only")
+    betas: tuple[float, float] = (0.9, 0.999)
+    schedule: Literal["constant", "step", "cosine", "onecycle"] = "cosine"
+    warmup_epochs: float = Field(0.0, ge=0.0, description="linear warm-up from lr/100, in epochs")
+    step_epochs: int = Field(10, gt=0, description="step schedule: epochs between decays")
+    gamma: float = Field(0.1, gt=0.0, le=1.0, description="step schedule: decay factor")
+    min_lr: float = Field(0.0, ge=0.0, description="cosine schedule: final learning rate")
+
+
+class Config(Section):
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    name: str | None = Field(None, description="run name; default: the config file's stem")
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+DEFAULT_CONFIG: dict[str, Any] = {
+    "name": "fashion-default",
+    "data": {"name": "fashion-mnist", "augment": {"crop_padding": 2, "hflip": True}},
+    "model": {"name": "cnn"},
+    "train": {"epochs": 12, "batch_size": 128},
+    "optim": {"name": "adamw", "lr": 3e-3, "weight_decay": 0.05, "schedule": "onecycle"},
+}
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML config (or the built-in default), apply dotted overrides, validate."""
+    if path is None:
+        raw: dict[str, Any] = yaml.safe_load(yaml.safe_dump(DEFAULT_CONFIG))
+    else:
+        raw = _read_yaml(Path(path))
+        raw.setdefault("name", Path(path).stem)
+    return validate_config(apply_overrides(raw, overrides))
+
+
+def validate_config(raw: dict[str, Any]) -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise UserError(_describe(exc, raw)) from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(
+            f"config file {path} does not exist; pass a YAML file such as configs/fashion-cnn.yaml"
+        )
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"config file {path} is not valid YAML: {first}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise UserError(f"config file {path} must hold a mapping with sections data, model, train, optim")
+    return raw
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Set each ``section.key=value`` (value parsed as YAML) in the raw config mapping."""
+    for item in overrides:
+        _apply_override(raw, item)
+    return raw
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        raise UserError(f"override {item!r} must look like section.key=value, e.g. train.epochs=3")
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise UserError(f"override {item!r}: {part} is a value, not a section")
+        node = child
+    node[parts[-1]] = yaml.safe_load(text) if text else None
+
+
+def _describe(exc: ValidationError, raw: dict[str, Any]) -> str:
+    """Turn pydantic's first error into one line that names the key and what is allowed."""
+    err = exc.errors()[0]
+    loc = [str(p) for p in err["loc"]]
+    key = ".".join(loc) or "config"
+    if err["type"] == "extra_forbidden":
+        allowed = _fields_at(loc[:-1])
+        close = difflib.get_close_matches(loc[-1], allowed, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        return f"unknown config key {key}{hint}; allowed here: {', '.join(allowed)}"
+    if err["type"] == "literal_error":
+        return f"{key}={_value_at(raw, loc)!r} is not allowed; choose one of {err['ctx']['expected']}"
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "value_error":
+        return f"invalid config: {msg}"
+    return f"{key}={_value_at(raw, loc)!r}: {msg}"
+
+
+def _fields_at(loc: list[str]) -> list[str]:
+    model: type[BaseModel] = Config
+    for part in loc:
+        annotation = model.model_fields[part].annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            break
+        model = annotation
+    return list(model.model_fields)
+
+
+def _value_at(raw: Any, loc: list[str]) -> Any:
+    for part in loc:
+        if isinstance(raw, dict) and part in raw:
+            raw = raw[part]
+        else:
+            return None
+    return raw

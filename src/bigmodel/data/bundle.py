@@ -1,0 +1,59 @@
+"""What every data set hands to the rest of bigmodel: three splits and a description of them."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from bigmodel.data.loader import TensorSplit, Transform
+
+
+@dataclass
+class DataInfo:
+    """Everything a model builder and a loaded run need to know about the data, saved with the run."""
+
+    kind: str  # "image" (later kinds: "text")
+    classes: list[str]
+    input_shape: list[int]  # one example's shape, e.g. [1, 28, 28]
+    source: str  # where the data came from, for the report
+    mean: list[float] = field(default_factory=list)  # per-channel normalisation of images
+    std: list[float] = field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> DataInfo:
+        return cls(**raw)
+
+
+@dataclass
+class DataBundle:
+    train: TensorSplit
+    val: TensorSplit
+    test: TensorSplit
+    info: DataInfo
+    train_transform: Transform
+    eval_transform: Transform
+
+    def split(self, name: str) -> TensorSplit:
+        return {"train": self.train, "val": self.val, "test": self.test}[name]
+
+
+def carve(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (kept, carved) with ``fraction`` of ``n`` carved at random; both keep the original order."""
+    carved = np.random.default_rng(seed).permutation(n)[: max(1, round(n * fraction))]
+    mask = np.zeros(n, dtype=bool)
+    mask[carved] = True
+    return np.flatnonzero(~mask), np.flatnonzero(mask)
+
+
+def to_split(x: np.ndarray, y: np.ndarray, feature: str) -> TensorSplit:
+    return TensorSplit({feature: torch.from_numpy(np.ascontiguousarray(x))}, torch.from_numpy(y).long())

@@ -1,0 +1,167 @@
+"""What watches the loop: progress bar, TensorBoard, metrics.jsonl, checkpoints, early stopping."""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from bigmodel.engine.checkpoint import save_checkpoint
+from bigmodel.engine.trainer import Callback, Trainer
+
+
+def _improved(value: float, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
+    if best is None:
+        return True
+    return value > best + min_delta if mode == "max" else value < best - min_delta
+
+
+def _monitored(trainer: Trainer, metrics: dict[str, float]) -> float:
+    return metrics[trainer.cfg.train.monitor]  # the config only admits logged metrics
+
+
+class ProgressBar(Callback):
+    """One tqdm bar per epoch: loss, samples/s and ETA live; the epoch's metrics when it ends."""
+
+    def __init__(self) -> None:
+        self.bar: tqdm | None = None
+
+    def on_batch_end(self, trainer: Trainer, loss: float, size: int) -> None:
+        if self.bar is None:
+            self.bar = tqdm(
+                total=trainer.train_loader.num_examples,
+                desc=f"epoch {trainer.epoch + 1}/{trainer.cfg.train.epochs}",
+                unit="ex",
+                unit_scale=True,
+                file=sys.stderr,
+                leave=False,
+                dynamic_ncols=True,
+                disable=None,  # no bar when stderr is not a terminal: logs get the epoch lines only
+                mininterval=0.5,
+            )
+        self.bar.update(size)
+        self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+
+    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        print(
+            f"epoch {metrics['epoch']:>3}/{trainer.cfg.train.epochs}  "
+            f"loss {metrics['train/loss']:.4f}  train acc {metrics['train/accuracy']:.4f}  "
+            f"val loss {metrics['val/loss']:.4f}  val acc {metrics['val/accuracy']:.4f}  "
+            f"{metrics['train/samples_per_s']:.0f} ex/s  {metrics['train/epoch_seconds']:.1f}s",
+            file=sys.stderr,
+        )
+
+
+class MetricsJsonl(Callback):
+    """``metrics.jsonl``: one JSON object per epoch, the plain-text record of the run."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(metrics) + "\n")
+
+
+class TensorBoard(Callback):
+    """Scalars (loss per step; metrics, learning rate, throughput per epoch) and the model graph."""
+
+    def __init__(self, log_dir: Path, every_n_steps: int = 20):
+        self.log_dir = log_dir
+        self.every = every_n_steps
+        self.writer: Any = None
+        self.batches = 0
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=trainer.step or None)
+        if trainer.epoch == 0:
+            self._add_graph(trainer)
+
+    def _add_graph(self, trainer: Trainer) -> None:
+        features = trainer.example_features()
+        model = trainer.model
+        was_training = model.training
+        model.eval()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self.writer.add_graph(model, tuple(features.values()))
+        except Exception as exc:  # tracing is best effort: some models cannot be traced
+            print(f"warning: TensorBoard graph skipped ({type(exc).__name__}: {exc})", file=sys.stderr)
+        model.train(was_training)
+
+    def on_batch_end(self, trainer: Trainer, loss: float, size: int) -> None:
+        self.batches += 1
+        if self.batches % self.every == 0:
+            self.writer.add_scalar("train/step_loss", loss, trainer.step)
+
+    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        for key, value in metrics.items():
+            if key not in ("epoch", "step"):
+                self.writer.add_scalar(key, value, metrics["epoch"])
+        self.writer.flush()
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        self.writer.close()
+
+
+class Checkpoints(Callback):
+    """``last`` after every epoch; ``best`` whenever the monitored metric improves."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+
+    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        value = _monitored(trainer, metrics)
+        if _improved(value, self.best, trainer.cfg.train.monitor_mode):
+            self.best, self.best_epoch = value, metrics["epoch"]
+            save_checkpoint(self.directory, "best", trainer.model)
+        # Written after best, so the state it holds records the new best.
+        save_checkpoint(self.directory, "last", trainer.model, trainer.state_dict())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best = state.get("best")
+        self.best_epoch = state.get("best_epoch")
+
+
+class EarlyStopping(Callback):
+    """Stops when the monitored metric has not improved for ``patience`` epochs."""
+
+    def __init__(self, patience: int, min_delta: float = 0.0):
+        self.patience = patience
+        self.min_delta = min_delta
+        self.best: float | None = None
+        self.waited = 0
+
+    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        value = _monitored(trainer, metrics)
+        if _improved(value, self.best, trainer.cfg.train.monitor_mode, self.min_delta):
+            self.best, self.waited = value, 0
+            return
+        self.waited += 1
+        if self.waited >= self.patience:
+            key = trainer.cfg.train.monitor
+            trainer.request_stop(
+                f"early stopping: {key} has not improved on {self.best:.4f} for {self.patience} epochs"
+            )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "waited": self.waited}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best = state.get("best")
+        self.waited = state.get("waited", 0)

@@ -1,0 +1,77 @@
+"""The model registry: ``model.name`` in a config is a key here, and the other ``model.*`` keys are
+the keyword arguments of that builder, checked against its signature before anything is built.
+
+Every builder takes the ``DataInfo`` first, so a model is sized from the data (channels, image size,
+number of classes) rather than from numbers the user has to repeat. Every model's ``forward`` takes
+the batch's features by name and returns logits.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import torch.nn as nn
+from pydantic import ValidationError, validate_call
+
+from bigmodel.config import ModelConfig
+from bigmodel.data.bundle import DataInfo
+from bigmodel.errors import UserError
+
+Builder = Callable[..., nn.Module]
+_REGISTRY: dict[str, Builder] = {}
+
+
+def register_model(name: str) -> Callable[[Builder], Builder]:
+    def add(fn: Builder) -> Builder:
+        _REGISTRY[name] = validate_call(fn, config={"arbitrary_types_allowed": True})
+        _REGISTRY[name].__signature__ = inspect.signature(fn)  # type: ignore[attr-defined]
+        return fn
+
+    return add
+
+
+def list_models() -> list[str]:
+    _load_families()
+    return sorted(_REGISTRY)
+
+
+def model_settings(name: str) -> dict[str, Any]:
+    """The settings a model accepts, with their defaults."""
+    params = list(inspect.signature(_builder(name)).parameters.values())[1:]
+    return {p.name: p.default for p in params}
+
+
+def build_model(cfg: ModelConfig, info: DataInfo) -> nn.Module:
+    builder = _builder(cfg.name)
+    allowed = model_settings(cfg.name)
+    for key in cfg.settings():
+        if key not in allowed:
+            close = difflib.get_close_matches(key, allowed, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            listed = ", ".join(allowed) or "none"
+            raise UserError(
+                f"model.{key} is not a setting of model {cfg.name!r}{hint}; its settings: {listed}"
+            )
+    try:
+        return builder(info, **cfg.settings())
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        raise UserError(f"model.{key}={err.get('input')!r}: {err['msg']}") from None
+
+
+def _builder(name: str) -> Builder:
+    _load_families()
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, _REGISTRY, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise UserError(f"unknown model.name={name!r}{hint}; choose one of {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def _load_families() -> None:
+    # Importing a family module registers its builders.
+    from bigmodel.models import vision  # noqa: F401

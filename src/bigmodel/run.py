@@ -1,0 +1,119 @@
+"""The run directory: the contract between training and everything after it.
+
+    runs/<name>/
+      config.yaml          the fully resolved config
+      data.json            the DataInfo: classes, input shape, normalisation
+      metrics.jsonl        one line per epoch
+      report.json          final val and test metrics, time, parameter count
+      checkpoints/         best.safetensors, last.safetensors (+ last.state.pt)
+      events.out.tfevents.*  TensorBoard
+
+Anything that can load a run needs nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch.nn as nn
+import yaml
+
+from bigmodel.config import Config, validate_config
+from bigmodel.data.bundle import DataInfo
+from bigmodel.engine.checkpoint import atomic_write, load_weights
+from bigmodel.errors import UserError
+from bigmodel.models import build_model
+
+
+@dataclass
+class RunPaths:
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def data_info(self) -> Path:
+        return self.root / "data.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.json"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+
+def new_run_dir(name: str, out: str | Path | None, runs_root: Path = Path("runs")) -> Path:
+    """``--out`` exactly (refused if it holds files), else ``runs/<name>``, numbered if taken."""
+    if out is not None:
+        path = Path(out)
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise UserError(
+                f"--out {path} already exists and is not empty; pick a new directory or use --resume"
+            )
+        return path
+    path = runs_root / name
+    n = 2
+    while path.exists():
+        path = runs_root / f"{name}-{n}"
+        n += 1
+    return path
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    atomic_write(
+        path, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    )
+
+
+def write_run_files(paths: RunPaths, cfg: Config, info: DataInfo) -> None:
+    paths.root.mkdir(parents=True, exist_ok=True)
+    paths.checkpoints.mkdir(exist_ok=True)
+    text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    atomic_write(paths.config, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    write_json(paths.data_info, info.to_dict())
+
+
+def read_config(run: Path) -> dict[str, Any]:
+    paths = RunPaths(run)
+    if not paths.config.is_file():
+        raise UserError(
+            f"{run} is not a bigmodel run directory (no config.yaml); give a directory under runs/"
+        )
+    return yaml.safe_load(paths.config.read_text(encoding="utf-8"))
+
+
+@dataclass
+class Run:
+    """A finished (or interrupted) run, loaded for evaluation and prediction."""
+
+    paths: RunPaths
+    config: Config
+    info: DataInfo
+    model: nn.Module
+
+    @classmethod
+    def load(cls, root: str | Path, checkpoint: str = "best") -> Run:
+        paths = RunPaths(Path(root))
+        config = validate_config(read_config(paths.root))
+        if not paths.data_info.is_file():
+            raise UserError(f"{paths.root} has no data.json; the run did not finish setting up")
+        info = DataInfo.from_dict(json.loads(paths.data_info.read_text(encoding="utf-8")))
+        model = build_model(config.model, info)
+        load_weights(model, paths.checkpoints / f"{checkpoint}.safetensors")
+        model.eval()
+        return cls(paths, config, info, model)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,129 @@
+"""End-to-end training on scikit-learn's digits: the run directory, resume, stopping, determinism."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import DIGITS_ARGS
+from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from bigmodel.api import resume, train
+from bigmodel.config import load_config
+from bigmodel.errors import UserError
+
+
+def test_run_directory_contract(digits_run: Path):
+    assert (digits_run / "config.yaml").is_file()
+    lines = (digits_run / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 4
+    first = json.loads(lines[0])
+    for key in ("epoch", "train/loss", "val/accuracy", "val/f1_macro", "lr", "train/samples_per_s"):
+        assert key in first
+    for name in ("best.safetensors", "last.safetensors", "last.state.pt"):
+        assert (digits_run / "checkpoints" / name).is_file()
+    report = json.loads((digits_run / "report.json").read_text())
+    assert set(report["test"]) >= {
+        "accuracy",
+        "f1_macro",
+        "precision_macro",
+        "recall_macro",
+        "confusion_matrix",
+    }
+    assert report["test"]["accuracy"] > 0.85  # a small CNN learns digits in 4 epochs
+    assert report["train_seconds"] > 0 and report["params"] > 1000
+    assert sum(map(sum, report["test"]["confusion_matrix"])) == report["test"]["count"]
+    # best.safetensors is the epoch with the highest validation accuracy
+    accs = [json.loads(line)["val/accuracy"] for line in lines]
+    assert report["best_epoch"] == 1 + accs.index(max(accs))
+
+
+def test_tensorboard_reads_the_scalars_back(digits_run: Path):
+    events = EventAccumulator(str(digits_run))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    for tag in ("train/loss", "val/accuracy", "val/loss", "lr", "train/samples_per_s"):
+        assert tag in tags
+    accuracy = events.Scalars("val/accuracy")
+    assert [e.step for e in accuracy] == [1, 2, 3, 4]
+    logged = [
+        json.loads(line)["val/accuracy"] for line in (digits_run / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [e.value for e in accuracy] == pytest.approx(logged)
+    assert events.Graph() is not None  # the model graph was written
+
+
+def test_resume_continues_from_the_last_checkpoint(tmp_path: Path):
+    cfg = load_config(None, [*DIGITS_ARGS, "train.epochs=2", "optim.schedule=constant"])
+    run = train(cfg, tmp_path / "run")
+    before = load_file(run / "checkpoints" / "last.safetensors")
+    resume(run, ["train.epochs=3"])
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+    after = load_file(run / "checkpoints" / "last.safetensors")
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert json.loads((run / "report.json").read_text())["epochs"] == 3
+
+
+def test_same_seed_same_weights_in_deterministic_mode(tmp_path: Path):
+    args = [*DIGITS_ARGS, "train.epochs=1", "train.deterministic=true", "train.precision=fp32"]
+    a = train(load_config(None, args), tmp_path / "a")
+    b = train(load_config(None, args), tmp_path / "b")
+    wa, wb = (load_file(r / "checkpoints" / "last.safetensors") for r in (a, b))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    c = train(load_config(None, [*args, "train.seed=1"]), tmp_path / "c")
+    wc = load_file(c / "checkpoints" / "last.safetensors")
+    assert any(not torch.equal(wa[k], wc[k]) for k in wa)
+
+
+def test_early_stopping_says_why(tmp_path: Path):
+    # lr=0 never improves: patience 2 stops after epoch 3.
+    args = [*DIGITS_ARGS, "train.epochs=10", "optim.lr=1e-12", "train.early_stopping.patience=2"]
+    args += ["optim.schedule=constant", "train.monitor=val/loss"]
+    run = train(load_config(None, args), tmp_path / "run")
+    report = json.loads((run / "report.json").read_text())
+    assert report["epochs"] < 10
+    assert report["stop_reason"].startswith("early stopping: val/loss has not improved")
+
+
+def test_resume_refuses_a_different_model(digits_run: Path):
+    with pytest.raises(UserError, match="model cannot change on --resume"):
+        resume(digits_run, ["model.width=64"])
+    with pytest.raises(UserError, match="optim.name cannot change"):
+        resume(digits_run, ["optim.name=sgd"])
+
+
+def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path):
+    cfg = load_config(None, [*DIGITS_ARGS, "train.epochs=1", "optim.schedule=constant"])
+    run = train(cfg, tmp_path / "run")
+    good = load_file(run / "checkpoints" / "last.safetensors")
+    with pytest.raises(UserError, match=r"loss became (nan|inf).*lower optim.lr"):
+        resume(run, ["train.epochs=3", "optim.lr=1e12"])
+    kept = load_file(run / "checkpoints" / "last.safetensors")
+    assert all(torch.equal(good[k], kept[k]) for k in good)
+
+
+@pytest.mark.parametrize(
+    "setting", ["train.grad_accum=2", "train.grad_clip=0.5", "train.label_smoothing=0.1"]
+)
+def test_training_options_still_learn(tmp_path: Path, setting: str):
+    run = train(load_config(None, [*DIGITS_ARGS, setting]), tmp_path / "run")
+    assert json.loads((run / "report.json").read_text())["test"]["accuracy"] > 0.8
+
+
+def test_grad_accumulation_matches_the_larger_batch(tmp_path: Path):
+    """Two batches of 32 accumulated equal one batch of 64 (no batch norm, no dropout, fp32)."""
+    base = [
+        "data.name=digits",
+        "model.name=mlp",
+        "model.dropout=0.0",
+        "train.epochs=1",
+        "train.progress=false",
+    ]
+    base += ["train.precision=fp32", "optim.name=sgd", "optim.schedule=constant", "data.limit=256"]
+    base += ["data.augment.crop_padding=0", "data.augment.hflip=false"]  # augmentation draws per batch
+    one = train(load_config(None, [*base, "train.batch_size=64"]), tmp_path / "one")
+    two = train(load_config(None, [*base, "train.batch_size=32", "train.grad_accum=2"]), tmp_path / "two")
+    w1, w2 = (load_file(r / "checkpoints" / "last.safetensors") for r in (one, two))
+    assert all(torch.allclose(w1[k], w2[k], atol=1e-6) for k in w1)
