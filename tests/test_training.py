@@ -98,10 +98,16 @@ def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path)
     cfg = load_config(None, [*DIGITS_ARGS, "train.epochs=1", "optim.schedule=constant"])
     run = train(cfg, tmp_path / "run")
     good = load_file(run / "checkpoints" / "last.safetensors")
-    with pytest.raises(UserError, match=r"loss became (nan|inf).*lower optim.lr"):
+    with pytest.raises(UserError, match=r"loss became (nan|inf).*lower optim.lr.*last.safetensors \(epoch 1\) is kept"):
         resume(run, ["train.epochs=3", "optim.lr=1e12"])
     kept = load_file(run / "checkpoints" / "last.safetensors")
     assert all(torch.equal(good[k], kept[k]) for k in good)
+
+
+def test_divergence_before_any_checkpoint_leaves_no_run_directory(tmp_path: Path):
+    with pytest.raises(UserError, match="loss became"):
+        train(load_config(None, [*DIGITS_ARGS, "optim.lr=1e12", "optim.schedule=constant"]), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from bigmodel.data import BatchLoader, DataBundle, build_data
 from bigmodel.engine.callbacks import Checkpoints, EarlyStopping, MetricsJsonl, ProgressBar, TensorBoard
 from bigmodel.engine.checkpoint import load_state, load_weights
 from bigmodel.engine.device import resolve_device, resolve_precision, seed_everything
-from bigmodel.engine.trainer import Callback, Trainer, predict_logits
+from bigmodel.engine.trainer import Callback, Trainer, TrainingDiverged, predict_logits
 from bigmodel.errors import UserError
 from bigmodel.evaluation.metrics import classification_metrics
 from bigmodel.models import build_model
@@ -40,7 +41,12 @@ def train(cfg: Config, out: str | Path | None = None) -> Path:
     paths = RunPaths(new_run_dir(cfg.name or "run", out))
     trainer = Trainer(model, data, cfg, _callbacks(cfg, paths))
     write_run_files(paths, cfg, data.info)
-    return _fit_and_report(trainer, paths)
+    try:
+        return _fit_and_report(trainer, paths)
+    except BaseException:
+        if not (paths.checkpoints / "last.safetensors").exists():
+            shutil.rmtree(paths.root)  # nothing worth keeping: leave no half-written run behind
+        raise
 
 
 def resume(run: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Path:
@@ -89,7 +95,12 @@ def _callbacks(cfg: Config, paths: RunPaths) -> list[Callback]:
 
 
 def _fit_and_report(trainer: Trainer, paths: RunPaths) -> Path:
-    trainer.fit()
+    try:
+        trainer.fit()
+    except TrainingDiverged as exc:
+        last = paths.checkpoints / "last.safetensors"
+        kept = f"; {last} (epoch {trainer.epoch}) is kept" if last.exists() else ""
+        raise TrainingDiverged(f"{exc}{kept}") from None
     print(f"stopped: {trainer.stop_reason}", file=sys.stderr)
     # Report the best checkpoint, which is what evaluate and predict will load.
     load_weights(trainer.model, paths.checkpoints / "best.safetensors")

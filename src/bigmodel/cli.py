@@ -54,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_models)
 
     data = sub.add_parser("data", help="named data sets").add_subparsers(dest="data_command", required=True)
+    p = data.add_parser("list", help="the named data sets and where each is found")
+    p.set_defaults(handler=_list_data)
     p = data.add_parser("fetch", help="download a named data set into the cache and verify its SHA-256")
     p.add_argument("name")
     p.add_argument("--url", help="base URL to download from (default: the official one)")
@@ -139,6 +141,19 @@ def _models(args: argparse.Namespace) -> int:
     for name in list_models():
         settings: dict[str, Any] = model_settings(name)
         print(f"{name:<10} " + ", ".join(f"{k}={v}" for k, v in settings.items()))
+    return 0
+
+
+def _list_data(args: argparse.Namespace) -> int:
+    from bigmodel.data import sources
+
+    print("digits         scikit-learn's 8x8 digits (bundled)")
+    for name in sources.NAMED_IDX:
+        try:
+            where = str(sources.locate(name)["train_images"].parent)
+        except UserError:
+            where = f"not here: bigmodel data fetch {name}"
+        print(f"{name:<14} {where}")
     return 0
 
 

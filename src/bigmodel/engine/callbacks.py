@@ -25,7 +25,8 @@ def _monitored(trainer: Trainer, metrics: dict[str, float]) -> float:
 
 
 class ProgressBar(Callback):
-    """One tqdm bar per epoch: loss, samples/s and ETA live; the epoch's metrics when it ends."""
+    """One tqdm bar per epoch: loss, the monitored metric, examples/s and ETA live; a summary line
+    per epoch (the only output when stderr is not a terminal)."""
 
     def __init__(self) -> None:
         self.bar: tqdm | None = None
@@ -44,7 +45,11 @@ class ProgressBar(Callback):
                 mininterval=0.5,
             )
         self.bar.update(size)
-        self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+        shown = {"loss": f"{loss:.4f}"}
+        if trainer.history:
+            monitor = trainer.cfg.train.monitor
+            shown[monitor] = f"{trainer.history[-1][monitor]:.4f}"  # as of the last epoch
+        self.bar.set_postfix(shown, refresh=False)
 
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
         if self.bar is not None:

@@ -164,7 +164,7 @@ class Trainer:
             if not math.isfinite(value):
                 raise TrainingDiverged(
                     f"loss became {value} at epoch {self.epoch + 1}, step {self.step}; "
-                    "lower optim.lr or set train.grad_clip (the last good checkpoint is kept)"
+                    "lower optim.lr or set train.grad_clip"
                 )
             total_loss += value * len(labels)
             correct += (logits.argmax(dim=1) == labels).sum().cpu()
