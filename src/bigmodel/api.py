@@ -40,7 +40,7 @@ def train(cfg: Config, out: str | Path | None = None) -> Path:
     data, model = _prepare(cfg)
     paths = RunPaths(new_run_dir(cfg.name or "run", out))
     trainer = Trainer(model, data, cfg, _callbacks(cfg, paths))
-    write_run_files(paths, cfg, data.info)
+    write_run_files(paths, cfg, data)
     try:
         return _fit_and_report(trainer, paths)
     except BaseException:
@@ -68,7 +68,7 @@ def resume(run: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Path
     trainer.load_state_dict(state)
     # Epochs after the checkpoint may have been logged before a crash: the checkpoint is the truth.
     paths.metrics.write_text("".join(json.dumps(m) + "\n" for m in trainer.history), encoding="utf-8")
-    write_run_files(paths, cfg, data.info)
+    write_run_files(paths, cfg, data)
     print(f"resuming {paths.root} after epoch {trainer.epoch}", file=sys.stderr)
     return _fit_and_report(trainer, paths)
 
@@ -142,12 +142,16 @@ def evaluate(run: str | Path, split: str = "test") -> dict[str, Any]:
 
 
 def predict(run: str | Path, inputs: list[str], top_k: int = 3) -> list[dict[str, Any]]:
-    """Top-k classes with probabilities for each input file."""
-    from bigmodel.data.vision import image_transform, prepare_images
-
+    """Top-k classes with probabilities for each input: image files for image runs, texts for text runs."""
     loaded = Run.load(run)
-    pixels = prepare_images(inputs, loaded.info)
-    features = image_transform(loaded.info)({"pixels": pixels})
+    if loaded.info.kind == "text":
+        from bigmodel.data.text import prepare_texts
+
+        features = prepare_texts(inputs, loaded.paths.tokenizer, loaded.info, loaded.config.data)
+    else:
+        from bigmodel.data.vision import image_transform, prepare_images
+
+        features = image_transform(loaded.info)({"pixels": prepare_images(inputs, loaded.info)})
     with torch.inference_mode():
         probs = torch.softmax(loaded.model(**features).float(), dim=1)
     k = min(top_k, probs.shape[1])

@@ -43,9 +43,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.set_defaults(handler=_evaluate)
 
-    p = sub.add_parser("predict", help="top classes for image files")
+    p = sub.add_parser("predict", help="top classes for image files or texts")
     p.add_argument("run")
-    p.add_argument("inputs", nargs="+", metavar="IMAGE")
+    p.add_argument("inputs", nargs="*", metavar="IMAGE")
+    p.add_argument("--text", action="append", default=[], help="a text to classify (repeatable)")
+    p.add_argument("--file", help="a UTF-8 file of texts, one per line")
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_predict)
@@ -125,14 +127,35 @@ def _predict(args: argparse.Namespace) -> int:
 
     if args.top_k < 1:
         raise UserError(f"--top-k must be at least 1, got {args.top_k}")
-    results = api.predict(args.run, args.inputs, args.top_k)
+    texts = list(args.text)
+    if args.file:
+        texts += _read_lines(Path(args.file))
+    if texts and args.inputs:
+        raise UserError("give image files or --text/--file, not both")
+    if not texts and not args.inputs:
+        raise UserError("nothing to predict: give image files, --text TEXT or --file FILE")
+    results = api.predict(args.run, texts or args.inputs, args.top_k)
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
     for result in results:
         ranked = "  ".join(f"{t['class']} {t['probability']:.3f}" for t in result["top"])
-        print(f"{result['input']}: {ranked}")
+        shown = result["input"] if len(result["input"]) <= 60 else result["input"][:57] + "..."
+        print(f"{shown}: {ranked}")
     return 0
+
+
+def _read_lines(path: Path) -> list[str]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise UserError(f"--file {path} does not exist") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"--file {path} is not UTF-8 (byte {exc.start}); save it as UTF-8") from None
+    texts = [line for line in lines if line.strip()]
+    if not texts:
+        raise UserError(f"--file {path} has no non-empty lines")
+    return texts
 
 
 def _models(args: argparse.Namespace) -> int:

@@ -29,13 +29,25 @@ class AugmentConfig(Section):
 
 class DataConfig(Section):
     name: str | None = Field("fashion-mnist", description="a named data set (see `bigmodel data list`)")
-    path: str | None = Field(None, description="your own data: an image folder or an .npz file")
+    path: str | None = Field(
+        None, description="your own data: an image folder, an .npz file, or a CSV/TSV/JSONL file of texts"
+    )
     limit: int | None = Field(None, gt=0, description="train on the first N training examples only")
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="share of train carved out for validation")
     split_seed: int = Field(0, description="seed of the train/validation split (fixed on purpose)")
     image_size: int | None = Field(None, gt=0, description="resize images to this square size")
     channels: int | None = Field(None, description="1 (grey) or 3 (RGB); default: what the data has")
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    # text
+    text_column: str = Field("text", description="column (CSV/TSV) or field (JSONL) holding the text")
+    label_column: str = Field("label", description="column or field holding the label")
+    max_length: int = Field(256, gt=1, description="tokens per text; longer texts are truncated")
+    tokenizer: str = Field(
+        "wordpiece", description="wordpiece or bpe (trained on the training split), or a path / hub id"
+    )
+    vocab_size: int = Field(16000, gt=10, description="vocabulary of a trained tokenizer")
+    lowercase: bool = Field(True, description="lowercase before a trained tokenizer")
+    length_buckets: bool = Field(True, description="batch texts of similar length together when training")
 
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:

@@ -6,6 +6,7 @@
       metrics.jsonl        one line per epoch
       report.json          final val and test metrics, time, parameter count
       checkpoints/         best.safetensors, last.safetensors (+ last.state.pt)
+      tokenizer/           text runs: the tokenizer, in Hugging Face format
       events.out.tfevents.*  TensorBoard
 
 Anything that can load a run needs nothing else.
@@ -22,7 +23,7 @@ import torch.nn as nn
 import yaml
 
 from bigmodel.config import Config, validate_config
-from bigmodel.data.bundle import DataInfo
+from bigmodel.data.bundle import DataBundle, DataInfo
 from bigmodel.engine.checkpoint import atomic_write, load_weights
 from bigmodel.errors import UserError
 from bigmodel.models import build_model
@@ -47,6 +48,10 @@ class RunPaths:
     @property
     def report(self) -> Path:
         return self.root / "report.json"
+
+    @property
+    def tokenizer(self) -> Path:
+        return self.root / "tokenizer"
 
     @property
     def checkpoints(self) -> Path:
@@ -76,12 +81,14 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
     )
 
 
-def write_run_files(paths: RunPaths, cfg: Config, info: DataInfo) -> None:
+def write_run_files(paths: RunPaths, cfg: Config, data: DataBundle) -> None:
     paths.root.mkdir(parents=True, exist_ok=True)
     paths.checkpoints.mkdir(exist_ok=True)
     text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
     atomic_write(paths.config, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-    write_json(paths.data_info, info.to_dict())
+    write_json(paths.data_info, data.info.to_dict())
+    if data.tokenizer is not None:
+        data.tokenizer.save_pretrained(paths.tokenizer)
 
 
 def read_config(run: Path) -> dict[str, Any]:

@@ -9,7 +9,22 @@ from bigmodel.data.loader import BatchLoader, TensorSplit
 __all__ = ["BatchLoader", "DataBundle", "DataInfo", "TensorSplit", "build_data"]
 
 
+TEXT_NAMES = ("imdb", "rotten-tomatoes")
+TEXT_SUFFIXES = (".csv", ".tsv", ".jsonl")
+
+
+def is_text(cfg: DataConfig) -> bool:
+    if cfg.path is not None:
+        return cfg.path.lower().endswith(TEXT_SUFFIXES)
+    return cfg.name in TEXT_NAMES
+
+
 def build_data(cfg: DataConfig) -> DataBundle:
+    """Read, split and describe the configured data; every kind ends as a ``DataBundle``."""
+    if is_text(cfg):
+        from bigmodel.data.text import build_text_data
+
+        return build_text_data(cfg)
     from bigmodel.data.vision import build_image_data
 
     return build_image_data(cfg)

@@ -15,12 +15,14 @@ from bigmodel.data.loader import TensorSplit, Transform
 class DataInfo:
     """Everything a model builder and a loaded run need to know about the data, saved with the run."""
 
-    kind: str  # "image" (later kinds: "text")
+    kind: str  # "image" or "text"
     classes: list[str]
-    input_shape: list[int]  # one example's shape, e.g. [1, 28, 28]
+    input_shape: list[int]  # one example's shape: [1, 28, 28] for images, [max_length] for text
     source: str  # where the data came from, for the report
     mean: list[float] = field(default_factory=list)  # per-channel normalisation of images
     std: list[float] = field(default_factory=list)
+    vocab_size: int = 0  # text: size of the tokenizer's vocabulary
+    pad_token_id: int = 0  # text: the id that fills padded positions
 
     @property
     def num_classes(self) -> int:
@@ -42,6 +44,7 @@ class DataBundle:
     info: DataInfo
     train_transform: Transform
     eval_transform: Transform
+    tokenizer: Any = None  # text: a transformers tokenizer, saved into the run directory
 
     def split(self, name: str) -> TensorSplit:
         return {"train": self.train, "val": self.val, "test": self.test}[name]

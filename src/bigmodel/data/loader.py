@@ -44,6 +44,7 @@ class BatchLoader:
         shuffle: bool = False,
         seed: int = 0,
         drop_last: bool = False,
+        lengths: torch.Tensor | None = None,
     ):
         self.split = split
         self.batch_size = batch_size
@@ -51,6 +52,7 @@ class BatchLoader:
         self.shuffle = shuffle
         self.seed = seed
         self.drop_last = drop_last
+        self.lengths = lengths  # when given (and shuffling), batches hold examples of similar length
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -71,9 +73,26 @@ class BatchLoader:
         if self.shuffle:
             gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
             order = torch.randperm(len(self.split), generator=gen)
+            if self.lengths is not None:
+                order = self._bucketed(order, gen)
         for i in range(len(self)):
             window = slice(i * self.batch_size, (i + 1) * self.batch_size)
             part = self.split.take(order[window] if order is not None else window)
             batch = self.transform(part.features, gen)
             batch["labels"] = part.labels
             yield batch
+
+    def _bucketed(self, order: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """Sort each window of 50 batches by length, then shuffle whole batches: little padding, and
+        still a different mix of examples in every batch and epoch."""
+        assert self.lengths is not None
+        window = self.batch_size * 50
+        chunks = []
+        for start in range(0, len(order), window):
+            chunk = order[start : start + window]
+            chunks.append(chunk[torch.argsort(self.lengths[chunk], stable=True)])
+        order = torch.cat(chunks)
+        full = len(order) // self.batch_size * self.batch_size
+        batches = order[:full].view(-1, self.batch_size)
+        batches = batches[torch.randperm(len(batches), generator=gen)]
+        return torch.cat([batches.flatten(), order[full:]])

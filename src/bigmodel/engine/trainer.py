@@ -96,6 +96,7 @@ class Trainer:
         self.channels_last = tc.channels_last and len(data.info.input_shape) == 3
         memory_format = torch.channels_last if self.channels_last else torch.preserve_format
         self.model = model.to(self.device, memory_format=memory_format)
+        mask = data.train.features.get("attention_mask")
         self.train_loader = BatchLoader(
             data.train,
             tc.batch_size,
@@ -103,6 +104,7 @@ class Trainer:
             shuffle=True,
             seed=tc.seed,
             drop_last=len(data.train) > tc.batch_size,  # a last batch of one breaks batch norm
+            lengths=mask.sum(dim=1) if mask is not None and cfg.data.length_buckets else None,
         )
         self.val_loader = BatchLoader(data.val, tc.eval_batch_size, data.eval_transform)
         self.steps_per_epoch = math.ceil(len(self.train_loader) / tc.grad_accum)
