@@ -39,7 +39,9 @@ def test_evaluate_prints_metrics_and_confusion_matrix(digits_run: Path, capsys):
 
 def test_predict_ranks_classes(digits_run: Path, tmp_path: Path, capsys):
     files = [digit_png(tmp_path / f"d{i}.png", i) for i in range(20)]
-    code, out, _ = run_cli(capsys, "predict", str(digits_run), *[str(p) for p, _ in files], "--top-k", "3", "--json")
+    code, out, _ = run_cli(
+        capsys, "predict", str(digits_run), *[str(p) for p, _ in files], "--top-k", "3", "--json"
+    )
     assert code == 0
     results = json.loads(out)
     assert [len(r["top"]) for r in results] == [3] * 20
@@ -108,7 +110,9 @@ def test_default_run_names_are_numbered(in_tmp: Path, capsys):
 
 def test_console_script_runs_as_a_process(tmp_path: Path):
     bigmodel = Path(sys.executable).with_name("bigmodel")
-    bad = subprocess.run([str(bigmodel), "train", "optim.lr=-3"], capture_output=True, text=True, cwd=tmp_path)
+    bad = subprocess.run(
+        [str(bigmodel), "train", "optim.lr=-3"], capture_output=True, text=True, cwd=tmp_path
+    )
     assert bad.returncode == 2 and bad.stderr.startswith("error: optim.lr=-3") and bad.stdout == ""
     module = subprocess.run(
         [sys.executable, "-m", "bigmodel", "models"], capture_output=True, text=True, cwd=tmp_path
@@ -118,7 +122,9 @@ def test_console_script_runs_as_a_process(tmp_path: Path):
 
 def test_npz_of_ones_own(tmp_path: Path, capsys):
     x, y = load_digits()
-    np.savez(tmp_path / "mine.npz", x_train=x[:1200, 0], y_train=y[:1200], x_test=x[1200:, 0], y_test=y[1200:])
+    np.savez(
+        tmp_path / "mine.npz", x_train=x[:1200, 0], y_train=y[:1200], x_test=x[1200:, 0], y_test=y[1200:]
+    )
     code, out, _ = run_cli(
         capsys, "train", f"data.path={tmp_path / 'mine.npz'}", "model.name=mlp", "train.epochs=3",
         "train.batch_size=32", "data.augment.hflip=false", "data.augment.crop_padding=0",

@@ -57,7 +57,13 @@ def test_image_folder_of_ones_own(tmp_path: Path, capsys):
     write_folder(tmp_path / "data" / "train", x[:300], y[:300], classes)
     write_folder(tmp_path / "data" / "test", x[300:], y[300:], classes)
     out = tmp_path / "run"
-    argv = ["train", f"data.path={tmp_path / 'data'}", "data.image_size=24", "model.name=cnn", "model.depth=2"]
+    argv = [
+        "train",
+        f"data.path={tmp_path / 'data'}",
+        "data.image_size=24",
+        "model.name=cnn",
+        "model.depth=2",
+    ]
     argv += ["train.epochs=4", "train.batch_size=32", "train.progress=false", f"--out={out}"]
     assert main(argv) == 0
     report = json.loads((out / "report.json").read_text())

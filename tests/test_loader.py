@@ -39,3 +39,23 @@ def test_drop_last():
     assert len(loader) == 3 and loader.num_examples == 48
     assert len(labels_of(loader)) == 48
     assert len(BatchLoader(split(50), 16, identity)) == 4
+
+
+def test_length_buckets_group_similar_lengths_and_still_cover_every_example():
+    n = 1000
+    lengths = torch.randint(1, 500, (n,), generator=torch.Generator().manual_seed(0))
+    plain = BatchLoader(split(n), 32, identity, shuffle=True, seed=3)
+    bucketed = BatchLoader(split(n), 32, identity, shuffle=True, seed=3, lengths=lengths)
+
+    def padding(loader: BatchLoader) -> int:
+        # what per-batch padding to the longest costs
+        return sum(
+            int(lengths[b["labels"]].max() * len(b["labels"]) - lengths[b["labels"]].sum()) for b in loader
+        )
+
+    assert sorted(labels_of(bucketed)) == list(range(n))
+    assert padding(bucketed) < padding(plain) / 5
+    bucketed.set_epoch(1)
+    first_batches = [tuple(b["labels"].tolist()) for b in bucketed]
+    bucketed.set_epoch(2)
+    assert first_batches != [tuple(b["labels"].tolist()) for b in bucketed]

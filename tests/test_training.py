@@ -5,13 +5,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import DIGITS_ARGS
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from bigmodel.api import resume, train
 from bigmodel.config import load_config
 from bigmodel.errors import UserError
+from conftest import DIGITS_ARGS
 
 
 def test_run_directory_contract(digits_run: Path):
@@ -98,7 +98,9 @@ def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path)
     cfg = load_config(None, [*DIGITS_ARGS, "train.epochs=1", "optim.schedule=constant"])
     run = train(cfg, tmp_path / "run")
     good = load_file(run / "checkpoints" / "last.safetensors")
-    with pytest.raises(UserError, match=r"loss became (nan|inf).*lower optim.lr.*last.safetensors \(epoch 1\) is kept"):
+    with pytest.raises(
+        UserError, match=r"loss became (nan|inf).*lower optim.lr.*last.safetensors \(epoch 1\) is kept"
+    ):
         resume(run, ["train.epochs=3", "optim.lr=1e12"])
     kept = load_file(run / "checkpoints" / "last.safetensors")
     assert all(torch.equal(good[k], kept[k]) for k in good)

@@ -59,9 +59,9 @@ def resume(run: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Path
     for key, (was, now) in frozen.items():
         if was != now:
             raise UserError(
-                f"{key} cannot change on --resume (the checkpoint was trained with {was}); start a new run"
+                f"{key} cannot change on --resume (the checkpoint depends on it); start a new run"
             )
-    data, model = _prepare(cfg)
+    data, model = _prepare(cfg, paths)
     state = load_state(paths.checkpoints, "last")
     load_weights(model, paths.checkpoints / "last.safetensors")
     trainer = Trainer(model, data, cfg, _callbacks(cfg, paths))
@@ -73,12 +73,19 @@ def resume(run: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Path
     return _fit_and_report(trainer, paths)
 
 
-def _prepare(cfg: Config) -> tuple[DataBundle, nn.Module]:
+def _prepare(cfg: Config, run: RunPaths | None = None) -> tuple[DataBundle, nn.Module]:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     seed_everything(cfg.train.seed, cfg.train.deterministic)
-    data = build_data(cfg.data)
+    data = _build_run_data(cfg, run)
     return data, build_model(cfg.model, data.info)
+
+
+def _build_run_data(cfg: Config, run: RunPaths | None) -> DataBundle:
+    """The data as the run saw it: an existing run's own tokenizer, never a retrained one."""
+    if run is not None and run.tokenizer.is_dir():
+        return build_data(cfg.data.model_copy(update={"tokenizer": str(run.tokenizer)}))
+    return build_data(cfg.data)
 
 
 def _callbacks(cfg: Config, paths: RunPaths) -> list[Callback]:
@@ -133,7 +140,7 @@ def _median(values: list[float]) -> float:
 def evaluate(run: str | Path, split: str = "test") -> dict[str, Any]:
     """Metrics of a run's best checkpoint on one split of its data (rebuilt from its config)."""
     loaded = Run.load(run)
-    data = build_data(loaded.config.data)
+    data = _build_run_data(loaded.config, loaded.paths)
     device = resolve_device(loaded.config.train.device)
     dtype = resolve_precision(loaded.config.train.precision, device)
     loader = BatchLoader(data.split(split), loaded.config.train.eval_batch_size, data.eval_transform)
