@@ -74,4 +74,4 @@ def _builder(name: str) -> Builder:
 
 def _load_families() -> None:
     # Importing a family module registers its builders.
-    from bigmodel.models import vision  # noqa: F401
+    from bigmodel.models import bert, sequence, vision  # noqa: F401

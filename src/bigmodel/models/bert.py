@@ -1,0 +1,112 @@
+"""BERT for classification: a Hugging Face ``BertModel``, dropout and a linear head on its pooled output.
+
+The seed's section 4.2 ``BertClassifier``, done right: the encoder is either built at random from the
+settings or loaded with ``from_pretrained`` (a directory saved with ``save_pretrained``, or a hub id),
+and it is checked against the data's tokenizer before anything trains. Same contract as the other text
+models: ``forward(input_ids, attention_mask)`` → logits (B, classes); ``embeddings`` is the word
+embedding, and ``return_attentions=True`` adds the attention weights of every layer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from bigmodel.data.bundle import DataInfo
+from bigmodel.errors import UserError
+from bigmodel.models import register_model
+
+
+class BertClassifier(nn.Module):
+    def __init__(self, bert: Any, classes: int, dropout: float):
+        super().__init__()
+        self.bert = bert  # a transformers BertModel, with its pooling layer
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(bert.config.hidden_size, classes)
+
+    @property
+    def embeddings(self) -> nn.Embedding:
+        # A property, not a second registered module: the same weight under two names would be saved
+        # twice, and safetensors refuses shared tensors.
+        return self.bert.get_input_embeddings()
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, return_attentions: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        if not return_attentions:
+            out = self.bert(input_ids=input_ids, attention_mask=attention_mask)
+            return self.head(self.dropout(out.pooler_output))  # pooler: tanh(W · hidden state of [CLS])
+        # SDPA returns no weights (transformers 5 only warns and returns none), so this one call runs the
+        # eager implementation, which computes softmax(QKᵀ/√d + mask) explicitly.
+        previous = self.bert.config._attn_implementation
+        self.bert.set_attn_implementation("eager")
+        try:
+            out = self.bert(input_ids=input_ids, attention_mask=attention_mask, output_attentions=True)
+        finally:
+            self.bert.set_attn_implementation(previous)
+        return self.head(self.dropout(out.pooler_output)), list(out.attentions)  # each (B, heads, L, L)
+
+
+def load_pretrained(name: str) -> Any:
+    from transformers import BertModel
+
+    try:
+        return BertModel.from_pretrained(name, attn_implementation="sdpa")
+    except (OSError, ValueError) as exc:  # missing files, unreachable hub, malformed id or config
+        if Path(name).is_dir():
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"cannot load pretrained model {name}: {reason}") from None
+        raise UserError(
+            f"cannot load pretrained model {name}: not a local directory, and the hub is unreachable "
+            "offline (or has no such model); give a directory saved with save_pretrained"
+        ) from None
+
+
+@register_model("bert")
+def bert(
+    info: DataInfo,
+    hidden_size: int = 256,
+    layers: int = 4,
+    heads: int = 4,
+    intermediate_size: int = 1024,
+    dropout: float = 0.3,
+    pretrained: str | None = None,
+) -> nn.Module:
+    """A small BERT (4 layers × 256, 7.4M weights with a 16k vocabulary) trained from scratch, or, with
+    ``pretrained``, a saved encoder whose own config replaces the size settings."""
+    if info.kind != "text" or info.vocab_size <= 0:
+        raise UserError(f"model 'bert' classifies text, but the data is {info.kind}; choose an image model")
+    max_length = info.input_shape[0]
+    if pretrained is not None:
+        encoder = load_pretrained(pretrained)
+        if encoder.config.vocab_size != info.vocab_size:
+            raise UserError(
+                f"pretrained model {pretrained} has a vocabulary of {encoder.config.vocab_size} tokens but "
+                f"the data's tokenizer has {info.vocab_size}; set data.tokenizer={pretrained} so the token "
+                "ids mean what the model learned"
+            )
+        if encoder.config.max_position_embeddings < max_length:
+            raise UserError(
+                f"pretrained model {pretrained} reads at most {encoder.config.max_position_embeddings} "
+                f"tokens; set data.max_length to at most that (it is {max_length})"
+            )
+        return BertClassifier(encoder, info.num_classes, dropout)
+
+    if heads <= 0 or hidden_size % heads:
+        raise UserError(f"model.hidden_size={hidden_size} must be a multiple of model.heads={heads}")
+    from transformers import BertConfig, BertModel  # imported here: transformers takes seconds to import
+
+    config = BertConfig(
+        vocab_size=info.vocab_size,
+        hidden_size=hidden_size,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=intermediate_size,
+        max_position_embeddings=max_length,  # positions are learned; the data never runs longer
+        pad_token_id=info.pad_token_id,
+        attn_implementation="sdpa",
+    )
+    return BertClassifier(BertModel(config), info.num_classes, dropout)

@@ -1,0 +1,455 @@
+"""Text classifiers, small to large: a bag of n-grams, recurrent networks, the seed's one-layer
+self-attention model, and a transformer encoder.
+
+Every model takes ``input_ids`` (B, L) and ``attention_mask`` (B, L) — 1 for a real token, 0 for
+padding, padding always at the end — and returns logits (B, classes). Padding never changes the
+result: it is masked out of every sum, attention and recurrence. Every model keeps its token embedding
+as ``self.embeddings`` (an ``nn.Embedding``), which Integrated Gradients interpolates; the attention
+models also answer ``forward(..., return_attentions=True)`` with ``(logits, attentions)``, a list per
+layer of (B, heads, L, L) weights, computed explicitly (the training path uses the fused kernel).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from bigmodel.data.bundle import DataInfo
+from bigmodel.errors import UserError
+from bigmodel.models import register_model
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of x (B, L, D) over the positions where mask (B, L) is true → (B, D)."""
+    mask = mask.unsqueeze(-1).to(x.dtype)
+    return (x * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+
+def init_weights(module: nn.Module) -> None:
+    """GPT-2/BERT init, as in nanoGPT: N(0, 0.02) for every Linear and Embedding, zero biases."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear | nn.Embedding):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
+# --- bag of n-grams -------------------------------------------------------------------------------
+
+
+class BagOfNgrams(nn.Module):
+    """fastText (Joulin et al. 2016): the mean of the embeddings of every token and every n-gram of
+    consecutive tokens, the n-grams hashed into ``buckets`` rows so no n-gram vocabulary is needed;
+    dropout and a linear head. Word order beyond n tokens is ignored, which is why it is fast."""
+
+    PRIME = 1_000_003  # multiplier of the rolling hash; buckets * PRIME + vocab stays far below 2**63
+
+    def __init__(
+        self, vocab: int, pad: int, classes: int, embed_dim: int, ngrams: int, buckets: int, dropout: float
+    ):
+        super().__init__()
+        self.ngrams, self.buckets = ngrams, buckets
+        self.embeddings = nn.Embedding(vocab, embed_dim, padding_idx=pad)
+        self.ngram_embeddings = nn.Embedding(buckets, embed_dim) if ngrams > 1 else None
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(embed_dim, classes)
+
+    def hashed_ngrams(self, input_ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Bucket ids (B, M) of every 2..ngrams-gram, and whether each lies wholly on real tokens."""
+        ids, valid = [], []
+        for n in range(2, self.ngrams + 1):
+            if input_ids.shape[1] < n:
+                break
+            windows = input_ids.unfold(1, n, 1)  # (B, L-n+1, n): the n-grams starting at each position
+            h = torch.full_like(windows[..., 0], n)  # seeded with n: a bigram and a trigram hash apart
+            for j in range(n):
+                h = (h * self.PRIME + windows[..., j]) % self.buckets
+            ids.append(h)
+            valid.append(mask.unfold(1, n, 1).all(-1))
+        if not ids:
+            return input_ids[:, :0], mask[:, :0]
+        return torch.cat(ids, 1), torch.cat(valid, 1)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        mask = attention_mask.bool()
+        features, keep = self.embeddings(input_ids), mask  # (B, L, D), (B, L)
+        if self.ngram_embeddings is not None:
+            ngram_ids, ngram_keep = self.hashed_ngrams(input_ids, mask)
+            features = torch.cat([features, self.ngram_embeddings(ngram_ids)], 1)  # (B, L+M, D)
+            keep = torch.cat([mask, ngram_keep], 1)
+        return self.head(self.dropout(masked_mean(features, keep)))
+
+
+# --- recurrent networks ---------------------------------------------------------------------------
+
+
+class Recurrent(nn.Module):
+    """An embedding, stacked RNN/LSTM/GRU layers (optionally bidirectional) that read only the real
+    tokens (packed sequences), pooling over time, dropout and a linear head.
+
+    Pooling "last" takes the final state: for a bidirectional network the forward direction's state
+    after the last real token and the backward direction's after the first. "mean" and "max" pool the
+    top layer's outputs over the real tokens."""
+
+    CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+
+    def __init__(
+        self,
+        cell: str,
+        vocab: int,
+        pad: int,
+        classes: int,
+        embed_dim: int,
+        hidden: int,
+        layers: int,
+        bidirectional: bool,
+        dropout: float,
+        pooling: str,
+    ):
+        super().__init__()
+        self.pooling = pooling
+        self.embeddings = nn.Embedding(vocab, embed_dim, padding_idx=pad)
+        self.rnn = self.CELLS[cell](
+            embed_dim,
+            hidden,
+            num_layers=layers,
+            bidirectional=bidirectional,
+            dropout=dropout if layers > 1 else 0.0,  # between layers only; torch warns when there is one
+            batch_first=True,
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(hidden * (2 if bidirectional else 1), classes)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        B, L = input_ids.shape
+        # A sequence needs at least one step to be packed; an empty one reads its first (pad) token.
+        lengths = attention_mask.sum(1).long().clamp(min=1)
+        packed = pack_padded_sequence(
+            self.embeddings(input_ids), lengths.cpu(), batch_first=True, enforce_sorted=False
+        )
+        out, state = self.rnn(packed)
+        if self.pooling == "last":
+            h_n = state[0] if isinstance(state, tuple) else state  # LSTM returns (h_n, c_n)
+            dirs = 2 if self.rnn.bidirectional else 1
+            # h_n: (layers*dirs, B, H); packing makes each sequence's final state its real last step.
+            pooled = h_n.view(self.rnn.num_layers, dirs, B, -1)[-1].transpose(0, 1).reshape(B, -1)
+        else:
+            out, _ = pad_packed_sequence(out, batch_first=True, total_length=L)  # (B, L, dirs*H)
+            mask = torch.arange(L, device=lengths.device) < lengths.unsqueeze(1)  # (B, L)
+            if self.pooling == "mean":
+                pooled = masked_mean(out, mask)
+            else:
+                pooled = out.masked_fill(~mask.unsqueeze(-1), float("-inf")).amax(1)
+        return self.head(self.dropout(pooled))
+
+
+# --- attention ------------------------------------------------------------------------------------
+
+
+def key_padding_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, L) → (B, 1, 1, L) booleans: every query of every head may attend to the real keys of its own
+    sequence. (The seed built one mask for the whole batch, so padding leaked between examples.)"""
+    return attention_mask.bool()[:, None, None, :]
+
+
+def sinusoidal_positions(length: int, dim: int) -> torch.Tensor:
+    """Vaswani et al. (2017): (length, dim), sin on even features and cos on odd, wavelengths 2π…10000·2π."""
+    position = torch.arange(length, dtype=torch.float32).unsqueeze(1)
+    frequency = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    table = torch.zeros(length, dim)
+    table[:, 0::2] = torch.sin(position * frequency)
+    table[:, 1::2] = torch.cos(position * frequency)[:, : dim // 2]
+    return table
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention over the real keys. ``need_weights=True`` computes softmax(QKᵀ/√d)
+    explicitly and returns the weights (B, heads, L, L); otherwise the fused kernel, which returns none."""
+
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads, self.dropout = heads, dropout
+        self.query = nn.Linear(dim, dim)
+        self.key = nn.Linear(dim, dim)
+        self.value = nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim)
+        self.resid_dropout = nn.Dropout(dropout)
+
+    def forward(
+        self, x: torch.Tensor, key_mask: torch.Tensor, need_weights: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        B, L, D = x.shape
+        # (B, L, D) → (B, heads, L, head_dim)
+        q, k, v = (
+            p(x).view(B, L, self.heads, D // self.heads).transpose(1, 2)
+            for p in (self.query, self.key, self.value)
+        )
+        p_drop = self.dropout if self.training else 0.0
+        weights = None
+        if need_weights:
+            scores = q @ k.transpose(-2, -1) / math.sqrt(D // self.heads)  # (B, heads, L, L)
+            # finfo.min rather than -inf: a row with no real key becomes uniform instead of NaN.
+            weights = scores.masked_fill(~key_mask, torch.finfo(scores.dtype).min).softmax(-1)
+            y = F.dropout(weights, p_drop) @ v
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=p_drop)
+        y = y.transpose(1, 2).reshape(B, L, D)  # heads side by side again
+        return self.resid_dropout(self.proj(y)), weights
+
+
+class SeedAttention(nn.Module):
+    """The seed's section 3.4: embeddings plus learned positions, one self-attention layer with a
+    residual connection and LayerNorm, the mean over real tokens, a linear head."""
+
+    def __init__(
+        self, vocab: int, pad: int, classes: int, max_len: int, dim: int, heads: int, dropout: float
+    ):
+        super().__init__()
+        self.embeddings = nn.Embedding(vocab, dim, padding_idx=pad)
+        self.positions = nn.Embedding(max_len, dim)
+        self.attention = SelfAttention(dim, heads, dropout)
+        self.norm = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(dim, classes)
+        init_weights(self)
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, return_attentions: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        L = input_ids.shape[1]
+        x = self.embeddings(input_ids) + self.positions.weight[:L]  # (B, L, D)
+        a, weights = self.attention(x, key_padding_mask(attention_mask), return_attentions)
+        x = self.norm(x + a)
+        logits = self.head(self.dropout(masked_mean(x, attention_mask.bool())))
+        return (logits, [weights]) if return_attentions else logits
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, ff_mult: int, dropout: float):
+        super().__init__()
+        self.fc = nn.Linear(dim, ff_mult * dim)
+        self.proj = nn.Linear(ff_mult * dim, dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.proj(F.gelu(self.fc(x))))
+
+
+class Block(nn.Module):
+    """A pre-LN transformer block: x + attention(LN(x)), then x + MLP(LN(x))."""
+
+    def __init__(self, dim: int, heads: int, ff_mult: int, dropout: float):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(dim)
+        self.attention = SelfAttention(dim, heads, dropout)
+        self.ln2 = nn.LayerNorm(dim)
+        self.mlp = MLP(dim, ff_mult, dropout)
+
+    def forward(
+        self, x: torch.Tensor, key_mask: torch.Tensor, need_weights: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        a, weights = self.attention(self.ln1(x), key_mask, need_weights)
+        x = x + a
+        return x + self.mlp(self.ln2(x)), weights
+
+
+class Transformer(nn.Module):
+    """A transformer encoder for classification, nanoGPT-style: token embeddings plus sinusoidal or
+    learned positions, pre-LN blocks, a final LayerNorm, then the CLS vector or the mean of the real
+    tokens, dropout and a linear head.
+
+    With pooling "cls" a learned vector is prepended, so the attentions returned are over L+1
+    positions, the CLS first; ``prefix_tokens`` says how many positions were prepended."""
+
+    def __init__(
+        self,
+        vocab: int,
+        pad: int,
+        classes: int,
+        max_len: int,
+        dim: int,
+        layers: int,
+        heads: int,
+        ff_mult: int,
+        dropout: float,
+        positions: str,
+        pooling: str,
+    ):
+        super().__init__()
+        self.pooling = pooling
+        self.prefix_tokens = 1 if pooling == "cls" else 0
+        self.embeddings = nn.Embedding(vocab, dim, padding_idx=pad)
+        self.cls = nn.Parameter(torch.zeros(1, 1, dim)) if pooling == "cls" else None
+        n_positions = max_len + self.prefix_tokens
+        self.position_embeddings = nn.Embedding(n_positions, dim) if positions == "learned" else None
+        # Fixed, so not saved with the weights: it is rebuilt identically from the settings.
+        sinusoid = sinusoidal_positions(n_positions, dim) if positions == "sinusoidal" else None
+        self.register_buffer("sinusoid", sinusoid, persistent=False)
+        self.drop = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(Block(dim, heads, ff_mult, dropout) for _ in range(layers))
+        self.ln_f = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(dim, classes)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        init_weights(self)
+        if self.cls is not None:
+            nn.init.normal_(self.cls, mean=0.0, std=0.02)
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, return_attentions: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        mask = attention_mask.bool()
+        x = self.embeddings(input_ids)  # (B, L, D)
+        if self.cls is not None:
+            x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], 1)  # (B, 1+L, D)
+            mask = torch.cat([mask.new_ones(mask.shape[0], 1), mask], 1)
+        positions = self.sinusoid if self.position_embeddings is None else self.position_embeddings.weight
+        x = self.drop(x + positions[: x.shape[1]])
+        key_mask = key_padding_mask(mask)
+        attentions = []
+        for block in self.blocks:
+            x, weights = block(x, key_mask, return_attentions)
+            attentions.append(weights)
+        x = self.ln_f(x)
+        pooled = x[:, 0] if self.cls is not None else masked_mean(x, mask)
+        logits = self.head(self.dropout(pooled))
+        return (logits, attentions) if return_attentions else logits
+
+
+# --- builders -------------------------------------------------------------------------------------
+
+
+def _text_info(info: DataInfo, model: str) -> None:
+    if info.kind != "text" or info.vocab_size <= 0:
+        raise UserError(
+            f"model {model!r} classifies text, but the data is {info.kind}; choose an image model"
+        )
+
+
+def _heads_divide(dim: int, heads: int, model: str) -> None:
+    if heads <= 0 or dim % heads:
+        raise UserError(f"model.dim={dim} must be a multiple of model.heads={heads} for model {model!r}")
+
+
+@register_model("bow")
+def bow(
+    info: DataInfo, embed_dim: int = 64, ngrams: int = 2, buckets: int = 2**18, dropout: float = 0.2
+) -> nn.Module:
+    # 2**18 buckets × 64 = 17M weights (67 MB, 270 MB with Adam's state): room for IMDB's common
+    # bigrams, while the optimizer step over the table stays cheap on two cores.
+    _text_info(info, "bow")
+    if ngrams < 1:
+        raise UserError(f"model.ngrams={ngrams} must be at least 1 (1 = tokens only, 2 = add bigrams)")
+    if not 0 < buckets <= 2**31:
+        raise UserError(f"model.buckets={buckets} must be between 1 and 2**31")
+    return BagOfNgrams(
+        info.vocab_size, info.pad_token_id, info.num_classes, embed_dim, ngrams, buckets, dropout
+    )
+
+
+def _recurrent(
+    cell: str,
+    info: DataInfo,
+    embed_dim: int,
+    hidden: int,
+    layers: int,
+    bidirectional: bool,
+    dropout: float,
+    pooling: str,
+) -> nn.Module:
+    _text_info(info, cell)
+    return Recurrent(
+        cell,
+        info.vocab_size,
+        info.pad_token_id,
+        info.num_classes,
+        embed_dim,
+        hidden,
+        layers,
+        bidirectional,
+        dropout,
+        pooling,
+    )
+
+
+@register_model("rnn")
+def rnn(
+    info: DataInfo,
+    embed_dim: int = 128,
+    hidden: int = 128,
+    layers: int = 1,
+    bidirectional: bool = True,
+    dropout: float = 0.3,
+    pooling: Literal["last", "mean", "max"] = "max",
+) -> nn.Module:
+    return _recurrent("rnn", info, embed_dim, hidden, layers, bidirectional, dropout, pooling)
+
+
+@register_model("lstm")
+def lstm(
+    info: DataInfo,
+    embed_dim: int = 128,
+    hidden: int = 128,
+    layers: int = 1,
+    bidirectional: bool = True,
+    dropout: float = 0.3,
+    pooling: Literal["last", "mean", "max"] = "max",
+) -> nn.Module:
+    return _recurrent("lstm", info, embed_dim, hidden, layers, bidirectional, dropout, pooling)
+
+
+@register_model("gru")
+def gru(
+    info: DataInfo,
+    embed_dim: int = 128,
+    hidden: int = 128,
+    layers: int = 1,
+    bidirectional: bool = True,
+    dropout: float = 0.3,
+    pooling: Literal["last", "mean", "max"] = "max",
+) -> nn.Module:
+    return _recurrent("gru", info, embed_dim, hidden, layers, bidirectional, dropout, pooling)
+
+
+@register_model("attention")
+def attention(info: DataInfo, dim: int = 128, heads: int = 1, dropout: float = 0.1) -> nn.Module:
+    _text_info(info, "attention")
+    _heads_divide(dim, heads, "attention")
+    return SeedAttention(
+        info.vocab_size, info.pad_token_id, info.num_classes, info.input_shape[0], dim, heads, dropout
+    )
+
+
+@register_model("transformer")
+def transformer(
+    info: DataInfo,
+    dim: int = 128,
+    layers: int = 2,
+    heads: int = 4,
+    ff_mult: int = 4,
+    dropout: float = 0.1,
+    positions: Literal["sinusoidal", "learned"] = "sinusoidal",
+    pooling: Literal["cls", "mean"] = "mean",
+) -> nn.Module:
+    _text_info(info, "transformer")
+    _heads_divide(dim, heads, "transformer")
+    return Transformer(
+        info.vocab_size,
+        info.pad_token_id,
+        info.num_classes,
+        info.input_shape[0],
+        dim,
+        layers,
+        heads,
+        ff_mult,
+        dropout,
+        positions,
+        pooling,
+    )
