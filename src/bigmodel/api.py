@@ -141,6 +141,12 @@ def evaluate(run: str | Path, split: str = "test") -> dict[str, Any]:
     """Metrics of a run's best checkpoint on one split of its data (rebuilt from its config)."""
     loaded = Run.load(run)
     data = _build_run_data(loaded.config, loaded.paths)
+    unseen = [c for c in data.info.classes if c not in loaded.info.classes]
+    if unseen or len(data.info.classes) != len(loaded.info.classes):
+        raise UserError(
+            f"the data now has classes the run never trained on ({', '.join(unseen) or 'a different set'}); "
+            f"the run knows {', '.join(loaded.info.classes)}"
+        )
     device = resolve_device(loaded.config.train.device)
     dtype = resolve_precision(loaded.config.train.precision, device)
     loader = BatchLoader(data.split(split), loaded.config.train.eval_batch_size, data.eval_transform)
@@ -154,7 +160,7 @@ def predict(run: str | Path, inputs: list[str], top_k: int = 3) -> list[dict[str
     if loaded.info.kind == "text":
         from bigmodel.data.text import prepare_texts
 
-        features = prepare_texts(inputs, loaded.paths.tokenizer, loaded.info, loaded.config.data)
+        features = prepare_texts(inputs, loaded.paths.tokenizer, loaded.info)
     else:
         from bigmodel.data.vision import image_transform, prepare_images
 

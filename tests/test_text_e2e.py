@@ -1,0 +1,129 @@
+"""Text end to end through the CLI: the same loop, run directory, evaluate and predict as images."""
+
+import csv
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from bigmodel.cli import main
+
+POSITIVE = ["great", "wonderful", "moving", "brilliant", "superb", "delightful"]
+NEGATIVE = ["awful", "boring", "dull", "terrible", "tedious", "clumsy"]
+FILLER = ["the", "film", "plot", "actors", "was", "and", "a", "story", "it", "scenes"]
+
+
+def write_reviews(path: Path, n: int = 400, labels: tuple[str, str] = ("neg", "pos"), seed: int = 0) -> None:
+    rng = random.Random(seed)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["review", "sentiment"])
+        for i in range(n):
+            good = i % 2 == 1
+            words = rng.choices(FILLER, k=rng.randint(4, 30)) + rng.choices(
+                POSITIVE if good else NEGATIVE, k=2
+            )
+            rng.shuffle(words)
+            writer.writerow([" ".join(words) + " <br /><br />", labels[good]])
+
+
+TEXT_ARGS = [
+    "data.text_column=review",
+    "data.label_column=sentiment",
+    "data.vocab_size=200",
+    "data.max_length=48",
+]
+TEXT_ARGS += ["train.epochs=6", "train.batch_size=16", "train.progress=false", "optim.lr=0.005"]
+
+
+@pytest.fixture(scope="module")
+def reviews(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("text") / "reviews.csv"
+    write_reviews(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        "model.name=bow model.buckets=4096 train.epochs=10 optim.lr=0.02",
+        "model.name=lstm",
+        "model.name=transformer model.dim=32 model.heads=2 model.layers=1 train.epochs=8",
+        "model.name=attention",
+    ],
+)
+def test_text_models_learn_a_separable_task(reviews: Path, tmp_path: Path, model: str):
+    out = tmp_path / "run"
+    assert main(["train", f"data.path={reviews}", *TEXT_ARGS, *model.split(), f"--out={out}"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["test"]["count"] == 40  # 10 % of 400
+    assert report["test"]["accuracy"] >= 0.9
+    assert (out / "tokenizer" / "tokenizer.json").is_file()
+    info = json.loads((out / "data.json").read_text())
+    assert info["kind"] == "text" and info["classes"] == ["neg", "pos"]
+
+
+def test_predict_and_evaluate_a_text_run(reviews: Path, tmp_path: Path, capsys):
+    out = tmp_path / "run"
+    assert (
+        main(
+            [
+                "train",
+                f"data.path={reviews}",
+                *TEXT_ARGS,
+                "model.name=bow",
+                "model.buckets=4096",
+                f"--out={out}",
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    assert (
+        main(["predict", str(out), "--text", "a brilliant wonderful story", "--text", "dull and awful"]) == 0
+    )
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("a brilliant wonderful story: pos")
+    assert lines[1].startswith("dull and awful: neg")
+    texts = tmp_path / "lines.txt"
+    texts.write_text("superb delightful film\n\n  \nboring tedious plot\n", encoding="utf-8")
+    assert main(["predict", str(out), "--file", str(texts), "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert [r["top"][0]["class"] for r in results] == ["pos", "neg"]  # blank lines skipped
+    assert main(["evaluate", str(out), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    report = json.loads((out / "report.json").read_text())
+    assert metrics["accuracy"] == pytest.approx(report["test"]["accuracy"])  # the saved tokenizer is reused
+
+
+def test_text_mistakes_are_one_line_errors(reviews: Path, tmp_path: Path, capsys, in_tmp: Path):
+    code = main(["train", f"data.path={reviews}", "data.text_column=body", "model.name=bow"])
+    err = capsys.readouterr().err
+    assert code == 2 and "body" in err and "review, sentiment" in err and err.count("\n") == 1
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("text,label\ncaf\xe9 cr\xe8me,1\n".encode("latin-1"))
+    assert main(["train", f"data.path={latin}", "model.name=bow"]) == 2
+    assert "UTF-8" in capsys.readouterr().err
+    out = tmp_path / "run"
+    assert (
+        main(
+            ["train", f"data.path={reviews}", *TEXT_ARGS, "model.name=bow", "train.epochs=1", f"--out={out}"]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"\xff\xfe not utf-8")
+    assert main(["predict", str(out), "--file", str(bad)]) == 2
+    assert "is not UTF-8" in capsys.readouterr().err
+    assert main(["predict", str(out)]) == 2
+    assert "nothing to predict" in capsys.readouterr().err
+    # the data changed under the run: a label it never trained on
+    write_reviews(reviews.with_name("changed.csv"), labels=("neg", "meh"))
+    config = (out / "config.yaml").read_text().replace(str(reviews), str(reviews.with_name("changed.csv")))
+    (out / "config.yaml").write_text(config)
+    assert main(["evaluate", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "classes the run never trained on (meh)" in err
+    assert not (in_tmp / "runs").exists()
