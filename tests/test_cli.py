@@ -103,9 +103,9 @@ def test_default_run_names_are_numbered(in_tmp: Path, capsys):
 
     for _ in range(2):
         assert main(["train", *DIGITS_ARGS, "train.epochs=1"]) == 0
-    assert sorted(p.name for p in (in_tmp / "runs").iterdir()) == ["fashion-default", "fashion-default-2"]
+    assert sorted(p.name for p in (in_tmp / "runs").iterdir()) == ["digits-cnn", "digits-cnn-2"]
     out = capsys.readouterr().out
-    assert "test accuracy" in out and "tensorboard --logdir runs/fashion-default" in out
+    assert "test accuracy" in out and "tensorboard --logdir runs/digits-cnn" in out
 
 
 def test_console_script_runs_as_a_process(tmp_path: Path):

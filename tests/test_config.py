@@ -10,7 +10,7 @@ def test_default_config_is_fashion_mnist():
     cfg = load_config()
     assert cfg.data.name == "fashion-mnist"
     assert cfg.model.name == DEFAULT_CONFIG["model"]["name"]
-    assert cfg.name == "fashion-default"
+    assert cfg.name == "fashion-mnist-cnn"
 
 
 def test_yaml_and_overrides(tmp_path: Path):

@@ -144,7 +144,7 @@ def _predict(args: argparse.Namespace) -> int:
         return 0
     for result in results:
         ranked = "  ".join(f"{t['class']} {t['probability']:.3f}" for t in result["top"])
-        shown = result["input"] if len(result["input"]) <= 60 else result["input"][:57] + "..."
+        shown = result["input"] if not texts or len(result["input"]) <= 60 else result["input"][:57] + "..."
         print(f"{shown}: {ranked}")
     return 0
 

@@ -126,14 +126,15 @@ class Config(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
-    name: str | None = Field(None, description="run name; default: the config file's stem")
+    name: str | None = Field(
+        None, description="run name; default: the config file's stem, else <data>-<model>"
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
 
 DEFAULT_CONFIG: dict[str, Any] = {
-    "name": "fashion-default",
     "data": {"name": "fashion-mnist", "augment": {"crop_padding": 2, "hflip": True}},
     "model": {"name": "cnn"},
     "train": {"epochs": 12, "batch_size": 128},
@@ -148,7 +149,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     else:
         raw = _read_yaml(Path(path))
         raw.setdefault("name", Path(path).stem)
-    return validate_config(apply_overrides(raw, overrides))
+    cfg = validate_config(apply_overrides(raw, overrides))
+    if cfg.name is None:  # no config file: name the run after what it trains
+        source = cfg.data.name or Path(str(cfg.data.path)).stem
+        cfg.name = f"{source}-{cfg.model.name}"
+    return cfg
 
 
 def validate_config(raw: dict[str, Any]) -> Config:
