@@ -17,7 +17,7 @@ install-dev: $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev]'
 
 # Fashion-MNIST: the Debian package where apt can install it, else the official files (SHA-256 checked).
-data: install
+data:
 	@if [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then \
 		echo "Fashion-MNIST: /usr/share/datasets/fashion-mnist"; \
 	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] \
@@ -28,7 +28,7 @@ data: install
 		$(BIN)/bigmodel data fetch fashion-mnist; \
 	fi
 
-demo: data
+demo: install data
 	$(BIN)/bigmodel train
 
 test: install-dev data

@@ -149,7 +149,7 @@ class Trainer:
         tc = self.cfg.train
         self.model.train()
         total_loss = torch.zeros((), dtype=torch.float64)
-        correct = torch.zeros((), dtype=torch.int64)
+        correct = torch.zeros((), dtype=torch.int64, device=self.device)  # summed on the device: no sync
         seen = 0
         start = time.perf_counter()
         batches = len(self.train_loader)
@@ -169,7 +169,7 @@ class Trainer:
                     "lower optim.lr or set train.grad_clip"
                 )
             total_loss += value * len(labels)
-            correct += (logits.argmax(dim=1) == labels).sum().cpu()
+            correct += (logits.argmax(dim=1) == labels).sum()
             seen += len(labels)
             self._emit("on_batch_end", value, len(labels))
         seconds = time.perf_counter() - start

@@ -12,6 +12,7 @@ layer of (B, heads, L, L) weights, computed explicitly (the training path uses t
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -354,68 +355,37 @@ def bow(
     )
 
 
-def _recurrent(
-    cell: str,
-    info: DataInfo,
-    embed_dim: int,
-    hidden: int,
-    layers: int,
-    bidirectional: bool,
-    dropout: float,
-    pooling: str,
-) -> nn.Module:
-    _text_info(info, cell)
-    return Recurrent(
-        cell,
-        info.vocab_size,
-        info.pad_token_id,
-        info.num_classes,
-        embed_dim,
-        hidden,
-        layers,
-        bidirectional,
-        dropout,
-        pooling,
-    )
+def _recurrent_builder(cell: str) -> Callable[..., nn.Module]:
+    """One builder per cell type, with the same settings: rnn, lstm and gru differ only in the cell."""
+
+    def build(
+        info: DataInfo,
+        embed_dim: int = 128,
+        hidden: int = 128,
+        layers: int = 1,
+        bidirectional: bool = True,
+        dropout: float = 0.3,
+        pooling: Literal["last", "mean", "max"] = "max",
+    ) -> nn.Module:
+        _text_info(info, cell)
+        return Recurrent(
+            cell,
+            info.vocab_size,
+            info.pad_token_id,
+            info.num_classes,
+            embed_dim,
+            hidden,
+            layers,
+            bidirectional,
+            dropout,
+            pooling,
+        )
+
+    return build
 
 
-@register_model("rnn")
-def rnn(
-    info: DataInfo,
-    embed_dim: int = 128,
-    hidden: int = 128,
-    layers: int = 1,
-    bidirectional: bool = True,
-    dropout: float = 0.3,
-    pooling: Literal["last", "mean", "max"] = "max",
-) -> nn.Module:
-    return _recurrent("rnn", info, embed_dim, hidden, layers, bidirectional, dropout, pooling)
-
-
-@register_model("lstm")
-def lstm(
-    info: DataInfo,
-    embed_dim: int = 128,
-    hidden: int = 128,
-    layers: int = 1,
-    bidirectional: bool = True,
-    dropout: float = 0.3,
-    pooling: Literal["last", "mean", "max"] = "max",
-) -> nn.Module:
-    return _recurrent("lstm", info, embed_dim, hidden, layers, bidirectional, dropout, pooling)
-
-
-@register_model("gru")
-def gru(
-    info: DataInfo,
-    embed_dim: int = 128,
-    hidden: int = 128,
-    layers: int = 1,
-    bidirectional: bool = True,
-    dropout: float = 0.3,
-    pooling: Literal["last", "mean", "max"] = "max",
-) -> nn.Module:
-    return _recurrent("gru", info, embed_dim, hidden, layers, bidirectional, dropout, pooling)
+for _cell in Recurrent.CELLS:
+    register_model(_cell)(_recurrent_builder(_cell))
 
 
 @register_model("attention")
