@@ -127,3 +127,27 @@ def test_text_mistakes_are_one_line_errors(reviews: Path, tmp_path: Path, capsys
     err = capsys.readouterr().err
     assert "classes the run never trained on (meh)" in err
     assert not (in_tmp / "runs").exists()
+
+
+def test_bert_fine_tunes_from_a_locally_saved_model_and_tokenizer(reviews: Path, tmp_path: Path):
+    """The from_pretrained path, offline: a tiny random BERT and its tokenizer saved with save_pretrained."""
+    from transformers import BertConfig, BertModel
+
+    from bigmodel.config import load_config
+    from bigmodel.data import build_data
+
+    tokenizer = build_data(load_config(None, [f"data.path={reviews}", *TEXT_ARGS]).data).tokenizer
+    saved = tmp_path / "tiny-bert"
+    tokenizer.save_pretrained(saved)
+    config = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    BertModel(config).save_pretrained(saved)
+    out = tmp_path / "run"
+    argv = ["train", f"data.path={reviews}", *TEXT_ARGS, "model.name=bert", f"model.pretrained={saved}"]
+    argv += [f"data.tokenizer={saved}", "train.epochs=8", "optim.lr=0.002", f"--out={out}"]
+    assert main(argv) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["params"] == sum(p.numel() for p in BertModel(config).parameters()) + 32 * 2 + 2
+    assert report["test"]["accuracy"] >= 0.9
