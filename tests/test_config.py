@@ -63,3 +63,17 @@ def test_missing_and_broken_config_files(tmp_path: Path):
     listy.write_text("- 1\n- 2\n")
     with pytest.raises(UserError, match="must hold a mapping"):
         load_config(listy)
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).parent.parent.glob("configs/**/*.yaml")), ids=str)
+def test_every_shipped_config_is_valid_and_builds_its_model(path: Path):
+    from bigmodel.data import is_text
+    from bigmodel.data.bundle import DataInfo
+    from bigmodel.models import build_model
+
+    cfg = load_config(path)
+    if is_text(cfg.data):
+        info = DataInfo("text", ["neg", "pos"], [cfg.data.max_length], "test", vocab_size=cfg.data.vocab_size)
+    else:
+        info = DataInfo("image", [str(i) for i in range(10)], [1, 28, 28], "test")
+    assert sum(p.numel() for p in build_model(cfg.model, info).parameters()) > 0
