@@ -32,6 +32,14 @@ def test_seed_cnn_computes_its_flatten_size():
     assert SeedCNN([3, 32, 32], 10).fc1.in_features == 64 * 14 * 14
 
 
+def test_an_image_model_refuses_text_data():
+    text = DataInfo(kind="text", classes=["neg", "pos"], input_shape=[32], source="test", vocab_size=100)
+    with pytest.raises(
+        UserError, match="model 'cnn' classifies images, but the data is text; choose one of attention"
+    ):
+        build_model(ModelConfig(name="cnn"), text)
+
+
 def test_registry_lists_models_and_settings():
     assert {"mlp", "seed-cnn", "cnn", "resnet"} <= set(list_models())
     assert model_settings("cnn") == {"width": 32, "depth": 3, "dropout": 0.2}
@@ -59,6 +67,10 @@ def test_settings_change_the_model():
         ),
         (ModelConfig(name="cnn", width="wide"), "model.width='wide'"),
         (ModelConfig(name="seed-cnn", width=3), "its settings: none"),
+        (
+            ModelConfig(name="lstm"),
+            "model 'lstm' classifies text, but the data is image; choose one of cnn, mlp,",
+        ),
     ],
 )
 def test_model_mistakes(cfg: ModelConfig, expected: str):

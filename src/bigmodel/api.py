@@ -141,8 +141,8 @@ def evaluate(run: str | Path, split: str = "test") -> dict[str, Any]:
     """Metrics of a run's best checkpoint on one split of its data (rebuilt from its config)."""
     loaded = Run.load(run)
     data = _build_run_data(loaded.config, loaded.paths)
-    unseen = [c for c in data.info.classes if c not in loaded.info.classes]
-    if unseen or len(data.info.classes) != len(loaded.info.classes):
+    if data.info.classes != loaded.info.classes:  # labels are positions in this list: order matters too
+        unseen = [c for c in data.info.classes if c not in loaded.info.classes]
         raise UserError(
             f"the data now has classes the run never trained on ({', '.join(unseen) or 'a different set'}); "
             f"the run knows {', '.join(loaded.info.classes)}"

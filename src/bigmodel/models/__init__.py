@@ -22,12 +22,15 @@ from bigmodel.errors import UserError
 
 Builder = Callable[..., nn.Module]
 _REGISTRY: dict[str, Builder] = {}
+_KIND: dict[str, str] = {}  # model name → the kind of data it classifies ("image" or "text")
+_NOUN = {"image": "images", "text": "text"}
 
 
-def register_model(name: str) -> Callable[[Builder], Builder]:
+def register_model(name: str, kind: str) -> Callable[[Builder], Builder]:
     def add(fn: Builder) -> Builder:
         _REGISTRY[name] = validate_call(fn, config={"arbitrary_types_allowed": True})
         _REGISTRY[name].__signature__ = inspect.signature(fn)  # type: ignore[attr-defined]
+        _KIND[name] = kind
         return fn
 
     return add
@@ -46,6 +49,12 @@ def model_settings(name: str) -> dict[str, Any]:
 
 def build_model(cfg: ModelConfig, info: DataInfo) -> nn.Module:
     builder = _builder(cfg.name)
+    if _KIND[cfg.name] != info.kind:
+        fitting = ", ".join(n for n in sorted(_REGISTRY) if _KIND[n] == info.kind)
+        raise UserError(
+            f"model {cfg.name!r} classifies {_NOUN[_KIND[cfg.name]]}, but the data is {info.kind}; "
+            f"choose one of {fitting}"
+        )
     allowed = model_settings(cfg.name)
     for key in cfg.settings():
         if key not in allowed:

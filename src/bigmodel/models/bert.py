@@ -65,7 +65,7 @@ def load_pretrained(name: str) -> Any:
         ) from None
 
 
-@register_model("bert")
+@register_model("bert", "text")
 def bert(
     info: DataInfo,
     hidden_size: int = 256,
@@ -77,8 +77,6 @@ def bert(
 ) -> nn.Module:
     """A small BERT (4 layers × 256, 7.4M weights with a 16k vocabulary) trained from scratch, or, with
     ``pretrained``, a saved encoder whose own config replaces the size settings."""
-    if info.kind != "text" or info.vocab_size <= 0:
-        raise UserError(f"model 'bert' classifies text, but the data is {info.kind}; choose an image model")
     max_length = info.input_shape[0]
     if pretrained is not None:
         encoder = load_pretrained(pretrained)

@@ -327,25 +327,17 @@ class Transformer(nn.Module):
 # --- builders -------------------------------------------------------------------------------------
 
 
-def _text_info(info: DataInfo, model: str) -> None:
-    if info.kind != "text" or info.vocab_size <= 0:
-        raise UserError(
-            f"model {model!r} classifies text, but the data is {info.kind}; choose an image model"
-        )
-
-
 def _heads_divide(dim: int, heads: int, model: str) -> None:
     if heads <= 0 or dim % heads:
         raise UserError(f"model.dim={dim} must be a multiple of model.heads={heads} for model {model!r}")
 
 
-@register_model("bow")
+@register_model("bow", "text")
 def bow(
     info: DataInfo, embed_dim: int = 64, ngrams: int = 2, buckets: int = 2**18, dropout: float = 0.2
 ) -> nn.Module:
     # 2**18 buckets × 64 = 17M weights (67 MB, 270 MB with Adam's state): room for IMDB's common
     # bigrams, while the optimizer step over the table stays cheap on two cores.
-    _text_info(info, "bow")
     if ngrams < 1:
         raise UserError(f"model.ngrams={ngrams} must be at least 1 (1 = tokens only, 2 = add bigrams)")
     if not 0 < buckets <= 2**31:
@@ -367,7 +359,6 @@ def _recurrent_builder(cell: str) -> Callable[..., nn.Module]:
         dropout: float = 0.3,
         pooling: Literal["last", "mean", "max"] = "max",
     ) -> nn.Module:
-        _text_info(info, cell)
         return Recurrent(
             cell,
             info.vocab_size,
@@ -385,19 +376,18 @@ def _recurrent_builder(cell: str) -> Callable[..., nn.Module]:
 
 
 for _cell in Recurrent.CELLS:
-    register_model(_cell)(_recurrent_builder(_cell))
+    register_model(_cell, "text")(_recurrent_builder(_cell))
 
 
-@register_model("attention")
+@register_model("attention", "text")
 def attention(info: DataInfo, dim: int = 128, heads: int = 1, dropout: float = 0.1) -> nn.Module:
-    _text_info(info, "attention")
     _heads_divide(dim, heads, "attention")
     return SeedAttention(
         info.vocab_size, info.pad_token_id, info.num_classes, info.input_shape[0], dim, heads, dropout
     )
 
 
-@register_model("transformer")
+@register_model("transformer", "text")
 def transformer(
     info: DataInfo,
     dim: int = 128,
@@ -408,7 +398,6 @@ def transformer(
     positions: Literal["sinusoidal", "learned"] = "sinusoidal",
     pooling: Literal["cls", "mean"] = "mean",
 ) -> nn.Module:
-    _text_info(info, "transformer")
     _heads_divide(dim, heads, "transformer")
     return Transformer(
         info.vocab_size,

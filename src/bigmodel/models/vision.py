@@ -126,7 +126,7 @@ class ResNet(nn.Module):
         return self.head(self.stages(self.stem(pixels)))
 
 
-@register_model("mlp")
+@register_model("mlp", "image")
 def mlp(info: DataInfo, hidden: int = 256, depth: int = 2, dropout: float = 0.2) -> nn.Module:
     in_features = 1
     for d in info.input_shape:
@@ -134,17 +134,17 @@ def mlp(info: DataInfo, hidden: int = 256, depth: int = 2, dropout: float = 0.2)
     return MLP(in_features, info.num_classes, hidden, depth, dropout)
 
 
-@register_model("seed-cnn")
+@register_model("seed-cnn", "image")
 def seed_cnn(info: DataInfo) -> nn.Module:
     return SeedCNN(info.input_shape, info.num_classes)
 
 
-@register_model("cnn")
+@register_model("cnn", "image")
 def cnn(info: DataInfo, width: int = 32, depth: int = 3, dropout: float = 0.2) -> nn.Module:
     return CNN(info.input_shape[0], info.num_classes, width, depth, dropout)
 
 
-@register_model("resnet")
+@register_model("resnet", "image")
 def resnet(
     info: DataInfo, width: int = 32, blocks: tuple[int, ...] = (2, 2, 2), dropout: float = 0.0
 ) -> nn.Module:
