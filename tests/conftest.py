@@ -43,3 +43,12 @@ def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Run in an empty directory, so default run directories (runs/...) land there."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+def last_weights(run: Path) -> dict[str, torch.Tensor]:
+    """The weights of a run's newest step checkpoint."""
+    from safetensors.torch import load_file
+
+    from bigmodel.engine.checkpoint import step_checkpoints
+
+    return load_file(step_checkpoints(run / "checkpoints")[0].weights)

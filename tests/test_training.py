@@ -5,13 +5,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from bigmodel.api import resume, train
 from bigmodel.config import load_config
+from bigmodel.engine.checkpoint import step_checkpoints
 from bigmodel.errors import UserError
-from conftest import DIGITS_ARGS
+from conftest import DIGITS_ARGS, last_weights
 
 
 def test_run_directory_contract(digits_run: Path):
@@ -21,8 +21,10 @@ def test_run_directory_contract(digits_run: Path):
     first = json.loads(lines[0])
     for key in ("epoch", "train/loss", "val/accuracy", "val/f1_macro", "lr", "train/samples_per_s"):
         assert key in first
-    for name in ("best.safetensors", "last.safetensors", "last.state.pt"):
-        assert (digits_run / "checkpoints" / name).is_file()
+    assert (digits_run / "checkpoints" / "best.safetensors").is_file()
+    kept = step_checkpoints(digits_run / "checkpoints")
+    assert len(kept) == 2  # train.keep_checkpoints: the two newest epoch ends
+    assert all(c.problem() is None and c.state.is_file() for c in kept)
     report = json.loads((digits_run / "report.json").read_text())
     assert set(report["test"]) >= {
         "accuracy",
@@ -57,11 +59,11 @@ def test_tensorboard_reads_the_scalars_back(digits_run: Path):
 def test_resume_continues_from_the_last_checkpoint(tmp_path: Path):
     cfg = load_config(None, [*DIGITS_ARGS, "train.epochs=2", "optim.schedule=constant"])
     run = train(cfg, tmp_path / "run")
-    before = load_file(run / "checkpoints" / "last.safetensors")
+    before = last_weights(run)
     resume(run, ["train.epochs=3"])
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
-    after = load_file(run / "checkpoints" / "last.safetensors")
+    after = last_weights(run)
     assert any(not torch.equal(before[k], after[k]) for k in before)
     assert json.loads((run / "report.json").read_text())["epochs"] == 3
 
@@ -70,10 +72,10 @@ def test_same_seed_same_weights_in_deterministic_mode(tmp_path: Path):
     args = [*DIGITS_ARGS, "train.epochs=1", "train.deterministic=true", "train.precision=fp32"]
     a = train(load_config(None, args), tmp_path / "a")
     b = train(load_config(None, args), tmp_path / "b")
-    wa, wb = (load_file(r / "checkpoints" / "last.safetensors") for r in (a, b))
+    wa, wb = (last_weights(r) for r in (a, b))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     c = train(load_config(None, [*args, "train.seed=1"]), tmp_path / "c")
-    wc = load_file(c / "checkpoints" / "last.safetensors")
+    wc = last_weights(c)
     assert any(not torch.equal(wa[k], wc[k]) for k in wa)
 
 
@@ -97,12 +99,12 @@ def test_resume_refuses_a_different_model(digits_run: Path):
 def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path):
     cfg = load_config(None, [*DIGITS_ARGS, "train.epochs=1", "optim.schedule=constant"])
     run = train(cfg, tmp_path / "run")
-    good = load_file(run / "checkpoints" / "last.safetensors")
+    good = last_weights(run)
     with pytest.raises(
-        UserError, match=r"loss became (nan|inf).*lower optim.lr.*last.safetensors \(epoch 1\) is kept"
+        UserError, match=r"loss became (nan|inf).*lower optim.lr.*checkpoint step-\d+ \(epoch 1\) is kept"
     ):
         resume(run, ["train.epochs=3", "optim.lr=1e12"])
-    kept = load_file(run / "checkpoints" / "last.safetensors")
+    kept = last_weights(run)
     assert all(torch.equal(good[k], kept[k]) for k in good)
 
 
@@ -133,5 +135,5 @@ def test_grad_accumulation_matches_the_larger_batch(tmp_path: Path):
     base += ["data.augment.crop_padding=0", "data.augment.hflip=false"]  # augmentation draws per batch
     one = train(load_config(None, [*base, "train.batch_size=64"]), tmp_path / "one")
     two = train(load_config(None, [*base, "train.batch_size=32", "train.grad_accum=2"]), tmp_path / "two")
-    w1, w2 = (load_file(r / "checkpoints" / "last.safetensors") for r in (one, two))
+    w1, w2 = (last_weights(r) for r in (one, two))
     assert all(torch.allclose(w1[k], w2[k], atol=1e-6) for k in w1)

@@ -14,10 +14,11 @@ import torch.nn as nn
 from bigmodel.config import Config, apply_overrides, validate_config
 from bigmodel.data import BatchLoader, DataBundle, build_data
 from bigmodel.engine.callbacks import Checkpoints, EarlyStopping, MetricsJsonl, ProgressBar, TensorBoard
-from bigmodel.engine.checkpoint import load_state, load_weights
+from bigmodel.engine.checkpoint import latest_good_checkpoint, load_state, load_weights, step_checkpoints
 from bigmodel.engine.device import resolve_device, resolve_precision, seed_everything
+from bigmodel.engine.distributed import close_world
 from bigmodel.engine.trainer import Callback, Trainer, TrainingDiverged, predict_logits
-from bigmodel.errors import UserError
+from bigmodel.errors import Interrupted, UserError
 from bigmodel.evaluation.metrics import classification_metrics
 from bigmodel.models import build_model
 from bigmodel.run import (
@@ -31,26 +32,34 @@ from bigmodel.run import (
 )
 
 
-def train(cfg: Config, out: str | Path | None = None) -> Path:
-    """Train from a validated config into a new run directory; returns the directory.
+def train(cfg: Config, out: str | Path | None = None) -> Path | None:
+    """Train from a validated config into a new run directory; returns the directory (None on the
+    ranks other than 0 of a torchrun job, which write nothing).
 
     Data, model and device are all built before the directory is created, so a mistake in any of
     them leaves nothing behind.
     """
     data, model = _prepare(cfg)
-    paths = RunPaths(new_run_dir(cfg.name or "run", out))
-    trainer = Trainer(model, data, cfg, _callbacks(cfg, paths))
-    write_run_files(paths, cfg, data)
     try:
-        return _fit_and_report(trainer, paths)
-    except BaseException:
-        if not (paths.checkpoints / "last.safetensors").exists():
-            shutil.rmtree(paths.root)  # nothing worth keeping: leave no half-written run behind
-        raise
+        trainer = Trainer(model, data, cfg)  # joins the torchrun job, if any
+        paths = RunPaths(new_run_dir(cfg.name or "run", out)) if trainer.world.is_main else None
+        trainer.callbacks = _callbacks(cfg, paths)
+        if paths is None:
+            return _fit_and_report(trainer, paths)
+        write_run_files(paths, cfg, data)
+        try:
+            return _fit_and_report(trainer, paths)
+        except BaseException:
+            if not step_checkpoints(paths.checkpoints):
+                shutil.rmtree(paths.root)  # nothing worth keeping: leave no half-written run behind
+            raise
+    finally:
+        close_world()
 
 
-def resume(run: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Path:
-    """Continue a run from its last checkpoint (overrides may, e.g., raise ``train.epochs``)."""
+def resume(run: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Path | None:
+    """Continue a run from its newest intact checkpoint, mid-epoch if that is where it stopped
+    (overrides may, e.g., raise ``train.epochs``)."""
     paths = RunPaths(Path(run))
     original = validate_config(read_config(paths.root))
     cfg = validate_config(apply_overrides(read_config(paths.root), overrides))
@@ -61,16 +70,28 @@ def resume(run: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Path
             raise UserError(
                 f"{key} cannot change on --resume (the checkpoint depends on it); start a new run"
             )
+    ckpt = latest_good_checkpoint(paths.checkpoints)
+    state = load_state(ckpt)
     data, model = _prepare(cfg, paths)
-    state = load_state(paths.checkpoints, "last")
-    load_weights(model, paths.checkpoints / "last.safetensors")
-    trainer = Trainer(model, data, cfg, _callbacks(cfg, paths))
-    trainer.load_state_dict(state)
-    # Epochs after the checkpoint may have been logged before a crash: the checkpoint is the truth.
-    paths.metrics.write_text("".join(json.dumps(m) + "\n" for m in trainer.history), encoding="utf-8")
-    write_run_files(paths, cfg, data)
-    print(f"resuming {paths.root} after epoch {trainer.epoch}", file=sys.stderr)
-    return _fit_and_report(trainer, paths)
+    load_weights(model, ckpt.weights)
+    try:
+        trainer = Trainer(model, data, cfg)
+        main = trainer.world.is_main
+        trainer.callbacks = _callbacks(cfg, paths if main else None)
+        trainer.load_state_dict(state)
+        if main:
+            # Epochs after the checkpoint may have been logged before a crash: the checkpoint is the truth.
+            paths.metrics.write_text("".join(json.dumps(m) + "\n" for m in trainer.history), encoding="utf-8")
+            write_run_files(paths, cfg, data)
+            where = (
+                f"epoch {trainer.epoch + 1}, batch {trainer.batch_in_epoch}"
+                if trainer.batch_in_epoch
+                else (f"the end of epoch {trainer.epoch}")
+            )
+            print(f"resuming {paths.root} from {ckpt.tag} (step {trainer.step}, {where})", file=sys.stderr)
+        return _fit_and_report(trainer, paths if main else None)
+    finally:
+        close_world()
 
 
 def _prepare(cfg: Config, run: RunPaths | None = None) -> tuple[DataBundle, nn.Module]:
@@ -88,34 +109,43 @@ def _build_run_data(cfg: Config, run: RunPaths | None) -> DataBundle:
     return build_data(cfg.data)
 
 
-def _callbacks(cfg: Config, paths: RunPaths) -> list[Callback]:
+def _callbacks(cfg: Config, paths: RunPaths | None) -> list[Callback]:
+    """Checkpoints and early stopping on every rank (they take part in collectives and must agree on
+    when to stop); the writers only where there is a run directory, rank 0."""
+    tc = cfg.train
     callbacks: list[Callback] = [
-        Checkpoints(paths.checkpoints),
-        MetricsJsonl(paths.metrics),
-        TensorBoard(paths.root),
+        Checkpoints(paths.checkpoints if paths else None, tc.checkpoint_every, tc.keep_checkpoints)
     ]
-    if cfg.train.early_stopping.patience:
-        callbacks.append(EarlyStopping(cfg.train.early_stopping.patience, cfg.train.early_stopping.min_delta))
-    if cfg.train.progress:
-        callbacks.append(ProgressBar())
+    if tc.early_stopping.patience:
+        callbacks.append(EarlyStopping(tc.early_stopping.patience, tc.early_stopping.min_delta))
+    if paths is not None:
+        callbacks += [MetricsJsonl(paths.metrics), TensorBoard(paths.root)]
+        if tc.progress:
+            callbacks.append(ProgressBar())
     return callbacks
 
 
-def _fit_and_report(trainer: Trainer, paths: RunPaths) -> Path:
+def _fit_and_report(trainer: Trainer, paths: RunPaths | None) -> Path | None:
     try:
         trainer.fit()
-    except TrainingDiverged as exc:
-        last = paths.checkpoints / "last.safetensors"
-        kept = f"; {last} (epoch {trainer.epoch}) is kept" if last.exists() else ""
-        raise TrainingDiverged(f"{exc}{kept}") from None
+    except (TrainingDiverged, Interrupted) as exc:
+        if paths is None:
+            raise
+        newest = step_checkpoints(paths.checkpoints)
+        kept = f"checkpoint {newest[0].tag} (epoch {trainer.epoch})" if newest else "no checkpoint"
+        if isinstance(exc, Interrupted):
+            resume = f"bigmodel train --resume {paths.root}"
+            raise Interrupted(f"{exc}; saved {kept}; continue with: {resume}", exc.signum) from None
+        raise TrainingDiverged(f"{exc}; {kept} is kept") from None
+    if paths is None:
+        return None  # rank 0 reports
     print(f"stopped: {trainer.stop_reason}", file=sys.stderr)
     # Report the best checkpoint, which is what evaluate and predict will load.
     load_weights(trainer.model, paths.checkpoints / "best.safetensors")
-    val = trainer.evaluate(trainer.val_loader)
-    test_loader = BatchLoader(
-        trainer.data.test, trainer.cfg.train.eval_batch_size, trainer.data.eval_transform
+    data, eval_batch = trainer.data, trainer.cfg.train.eval_batch_size
+    val, test = (
+        trainer.evaluate(BatchLoader(data.split(s), eval_batch, data.eval_transform)) for s in ("val", "test")
     )
-    test = trainer.evaluate(test_loader)
     history = trainer.history
     report = {
         "test": test,
@@ -127,6 +157,7 @@ def _fit_and_report(trainer: Trainer, paths: RunPaths) -> Path:
         "stop_reason": trainer.stop_reason,
         "device": str(trainer.device),
         "precision": str(trainer.dtype).removeprefix("torch."),
+        "processes": trainer.world.size,
         "samples_per_s_median": _median([h["train/samples_per_s"] for h in history]),
     }
     write_json(paths.report, report)

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bigmodel.errors import UserError
+from bigmodel.errors import Interrupted, UserError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -17,6 +17,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
+    except Interrupted as exc:  # asked for: not an error
+        print(exc, file=sys.stderr)
+        return exc.exit_code
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -25,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except KeyboardInterrupt:
         print(
-            "interrupted; the last finished epoch is in checkpoints/last (resume with --resume RUN)",
+            "interrupted at once, without a new checkpoint; a run's earlier ones are in RUN/checkpoints "
+            "(continue with bigmodel train --resume RUN)",
             file=sys.stderr,
         )
         return 130
@@ -81,6 +85,8 @@ def _train(args: argparse.Namespace) -> int:
         run = api.resume(args.resume, overrides)
     else:
         run = api.train(load_config(config, overrides), args.out)
+    if run is None:  # a torchrun rank other than 0: rank 0 reports
+        return 0
     report = json.loads((run / "report.json").read_text())
     test = report["test"]
     print(

@@ -98,6 +98,10 @@ class TrainConfig(Section):
     )
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
     channels_last: bool = True
+    checkpoint_every: int = Field(
+        0, ge=0, description="also checkpoint every N optimizer steps (0: at the end of each epoch only)"
+    )
+    keep_checkpoints: int = Field(2, gt=0, description="step checkpoints kept, newest first (best is extra)")
     threads: int | None = Field(None, gt=0, description="torch intra-op threads; default: all cores")
     progress: bool = True
 

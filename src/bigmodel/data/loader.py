@@ -2,7 +2,11 @@
 
 A DataLoader with worker processes pays per-sample Python and pickling costs that dwarf a small
 model's step on two cores; here a batch is one index into a tensor. The order of epoch ``e`` is a
-pure function of ``(seed, e)``, so a run resumed mid-epoch can replay exactly the batches it missed.
+pure function of ``(seed, e)`` and the augmentation of batch ``i`` of ``(seed, e, i)``, so a run resumed
+mid-epoch starts at batch ``i`` and sees exactly the batches, crops and flips it would have seen.
+
+Under data parallelism every rank draws the same global batch, transforms it whole, and keeps its own
+contiguous slice: N ranks see together exactly what one process sees with the same global batch.
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ class BatchLoader:
         seed: int = 0,
         drop_last: bool = False,
         lengths: torch.Tensor | None = None,
+        rank: int = 0,
+        world_size: int = 1,
     ):
         self.split = split
         self.batch_size = batch_size
@@ -53,6 +59,7 @@ class BatchLoader:
         self.seed = seed
         self.drop_last = drop_last
         self.lengths = lengths  # when given (and shuffling), batches hold examples of similar length
+        self.rank, self.world_size = rank, world_size
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -68,18 +75,28 @@ class BatchLoader:
         return len(self) * self.batch_size if self.drop_last else len(self.split)
 
     def __iter__(self) -> Iterator[Batch]:
-        gen = None
+        return self.iter_from(0)
+
+    def iter_from(self, start: int) -> Iterator[Batch]:
+        """The batches of the current epoch from batch ``start`` on, as if the first ones were drawn."""
         order: torch.Tensor | None = None
         if self.shuffle:
             gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
             order = torch.randperm(len(self.split), generator=gen)
             if self.lengths is not None:
                 order = self._bucketed(order, gen)
-        for i in range(len(self)):
+        for i in range(start, len(self)):
             window = slice(i * self.batch_size, (i + 1) * self.batch_size)
             part = self.split.take(order[window] if order is not None else window)
-            batch = self.transform(part.features, gen)
+            batch_gen = None
+            if self.shuffle:  # training: this batch's own augmentation stream
+                batch_gen = torch.Generator().manual_seed((self.seed * 100_003 + self.epoch) * 1_000_003 + i)
+            batch = self.transform(part.features, batch_gen)
             batch["labels"] = part.labels
+            if self.world_size > 1:
+                share = len(part) // self.world_size
+                mine = slice(self.rank * share, (self.rank + 1) * share)
+                batch = {key: value[mine] for key, value in batch.items()}
             yield batch
 
     def _bucketed(self, order: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

@@ -10,7 +10,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from bigmodel.engine.checkpoint import save_checkpoint
+from bigmodel.engine.checkpoint import prune_checkpoints, save_checkpoint
 from bigmodel.engine.trainer import Callback, Trainer
 
 
@@ -118,22 +118,50 @@ class TensorBoard(Callback):
     def on_fit_end(self, trainer: Trainer) -> None:
         self.writer.close()
 
+    def on_interrupt(self, trainer: Trainer) -> None:
+        self.writer.close()
+
 
 class Checkpoints(Callback):
-    """``last`` after every epoch; ``best`` whenever the monitored metric improves."""
+    """A ``step-<N>`` checkpoint at the end of every epoch, every ``every_n_steps`` optimizer steps and
+    on SIGINT/SIGTERM, the newest ``keep`` of them kept; ``best`` whenever the monitored metric improves.
 
-    def __init__(self, directory: Path):
+    Under torchrun it runs on every rank, since the state gathers every rank's RNG; only the rank
+    given a ``directory`` (rank 0) writes.
+    """
+
+    def __init__(self, directory: Path | None, every_n_steps: int = 0, keep: int = 2):
         self.directory = directory
+        self.every = every_n_steps
+        self.keep = keep
         self.best: float | None = None
         self.best_epoch: int | None = None
+        self.saved_step: int | None = None
+
+    def on_step_end(self, trainer: Trainer) -> None:
+        if self.every and trainer.step % self.every == 0:
+            self._save(trainer)
 
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
         value = _monitored(trainer, metrics)
         if _improved(value, self.best, trainer.cfg.train.monitor_mode):
             self.best, self.best_epoch = value, metrics["epoch"]
-            save_checkpoint(self.directory, "best", trainer.model)
-        # Written after best, so the state it holds records the new best.
-        save_checkpoint(self.directory, "last", trainer.model, trainer.state_dict())
+            if self.directory is not None:
+                info = {"epoch": trainer.epoch, "step": trainer.step, trainer.cfg.train.monitor: value}
+                save_checkpoint(self.directory, "best", trainer.model, **info)
+        self._save(trainer)  # after best, so the state it holds records the new best
+
+    def on_interrupt(self, trainer: Trainer) -> None:
+        if self.saved_step != trainer.step:
+            self._save(trainer)
+
+    def _save(self, trainer: Trainer) -> None:
+        state = trainer.state_dict()  # on every rank: it gathers their RNG states
+        if self.directory is not None:
+            info = {"epoch": trainer.epoch, "step": trainer.step, "batch_in_epoch": trainer.batch_in_epoch}
+            save_checkpoint(self.directory, f"step-{trainer.step:08d}", trainer.model, state, **info)
+            prune_checkpoints(self.directory, self.keep)
+        self.saved_step = trainer.step
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best, "best_epoch": self.best_epoch}

@@ -1,25 +1,34 @@
 """The one training loop, for every model and every kind of data.
 
     for epoch in range(epochs):
-        for batch in train:                      # batches of in-memory tensors
+        for batch in train:                      # batches of in-memory tensors (this rank's share)
             loss = cross_entropy(model(**features), labels) / grad_accum
-            loss.backward()
+            loss.backward()                      # under torchrun, DDP averages gradients across ranks
             every grad_accum batches: clip, optimizer.step(), scheduler.step()
-        metrics = evaluate(val)
+                callbacks see the step           # periodic checkpoints
+                SIGINT/SIGTERM seen? callbacks checkpoint, then stop
+        metrics = evaluate(val)                  # each rank a shard, gathered
         callbacks see the metrics            # progress bar, TensorBoard, jsonl, checkpoints, early stop
         stop if done()                       # one place decides, and says why
 
 The loop knows no logger and writes no file: callbacks do, through a short fixed list of events.
+Everything a run needs to continue exactly where it was, even mid-epoch, is in ``state_dict()``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
+import random
+import signal
+import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -27,9 +36,10 @@ import torch.nn.functional as F
 from bigmodel.config import Config
 from bigmodel.data import BatchLoader, DataBundle
 from bigmodel.data.loader import Batch
-from bigmodel.engine.device import autocast, resolve_device, resolve_precision
+from bigmodel.engine.device import autocast, resolve_device, resolve_precision, seed_everything
+from bigmodel.engine.distributed import any_rank, gather_objects, init_world, sum_across, world_from_env
 from bigmodel.engine.optim import build_optimizer, build_scheduler
-from bigmodel.errors import UserError
+from bigmodel.errors import Interrupted, UserError
 from bigmodel.evaluation.metrics import classification_metrics, summary
 
 
@@ -38,11 +48,19 @@ class TrainingDiverged(UserError):
 
 
 class Callback:
-    """Observes the loop. Acts only through ``trainer.request_stop`` or its own files."""
+    """Observes the loop. Acts only through ``trainer.request_stop`` or its own files.
+
+    Under torchrun every rank runs the loop; a callback that takes part in collectives (through
+    ``trainer.state_dict()``) or decides to stop must run on every rank, one that writes logs on rank 0."""
 
     def on_fit_start(self, trainer: Trainer) -> None: ...
 
     def on_batch_end(self, trainer: Trainer, loss: float, size: int) -> None: ...
+
+    def on_step_end(self, trainer: Trainer) -> None: ...
+
+    def on_interrupt(self, trainer: Trainer) -> None:
+        """SIGINT or SIGTERM arrived; training stops when every callback has returned."""
 
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None: ...
 
@@ -91,11 +109,25 @@ class Trainer:
         self.cfg = cfg
         self.data = data
         self.callbacks = list(callbacks)
-        self.device = resolve_device(tc.device)
+        self.world = world_from_env()
+        if self.world.distributed and tc.batch_size % self.world.size:
+            raise UserError(
+                f"train.batch_size={tc.batch_size} is the global batch and must divide evenly among "
+                f"{self.world.size} processes; use a multiple of {self.world.size}"
+            )
+        self.device = init_world(self.world, resolve_device(tc.device))
+        if self.world.distributed:  # same initial weights everywhere (DDP checks), own dropout per rank
+            seed_everything(tc.seed + self.world.rank, tc.deterministic)
         self.dtype = resolve_precision(tc.precision, self.device)
         self.channels_last = tc.channels_last and len(data.info.input_shape) == 3
         memory_format = torch.channels_last if self.channels_last else torch.preserve_format
         self.model = model.to(self.device, memory_format=memory_format)
+        self.forward_model: nn.Module = self.model
+        if self.world.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.forward_model = DistributedDataParallel(self.model, device_ids=ids)
         mask = data.train.features.get("attention_mask")
         self.train_loader = BatchLoader(
             data.train,
@@ -105,32 +137,49 @@ class Trainer:
             seed=tc.seed,
             drop_last=len(data.train) > tc.batch_size,  # a last batch of one breaks batch norm
             lengths=mask.sum(dim=1) if mask is not None and cfg.data.length_buckets else None,
+            rank=self.world.rank,
+            world_size=self.world.size,
         )
-        self.val_loader = BatchLoader(data.val, tc.eval_batch_size, data.eval_transform)
+        shard = torch.tensor_split(torch.arange(len(data.val)), self.world.size)[self.world.rank]
+        self.val_loader = BatchLoader(data.val.take(shard), tc.eval_batch_size, data.eval_transform)
         self.steps_per_epoch = math.ceil(len(self.train_loader) / tc.grad_accum)
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.steps_per_epoch, tc.epochs)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.epoch = 0  # epochs completed
         self.step = 0  # optimizer steps taken
+        self.batch_in_epoch = 0  # batches of the current epoch already trained
         self.history: list[dict[str, float]] = []
         self.stop_reason: str | None = None
         self._stop_request: str | None = None
+        self._signal: int | None = None
+        # Sums over the current epoch so far, kept here so that a mid-epoch checkpoint holds them.
+        self._loss_sum, self._seen = 0.0, 0
+        self._correct = torch.zeros((), dtype=torch.int64, device=self.device)  # summed without a sync
+        self._epoch_seconds_before = 0.0  # of the current epoch, before a resume
+        self._elapsed_before = 0.0  # of the whole run, before a resume
+        self._epoch_clock = self._fit_clock = time.perf_counter()
 
     # -- the loop -------------------------------------------------------------------------------
     def fit(self) -> None:
-        start = time.perf_counter()
-        earlier = self.history[-1]["elapsed_seconds"] if self.history else 0.0  # before a resume
+        self._fit_clock = time.perf_counter() - self._elapsed_before
         self._emit("on_fit_start")
-        while (reason := self.done()) is None:
-            self.train_loader.set_epoch(self.epoch)
-            metrics = self._train_epoch()
-            metrics.update({f"val/{k}": v for k, v in summary(self.evaluate(self.val_loader)).items()})
-            self.epoch += 1
-            elapsed = earlier + time.perf_counter() - start
-            metrics = {"epoch": self.epoch, "step": self.step, **metrics, "elapsed_seconds": elapsed}
-            self.history.append(metrics)
-            self._emit("on_epoch_end", metrics)
+        with self._catching_signals():
+            while (reason := self.done()) is None:
+                self.train_loader.set_epoch(self.epoch)
+                metrics = self._train_epoch()
+                metrics.update({f"val/{k}": v for k, v in summary(self._evaluate_val()).items()})
+                self.epoch += 1
+                self.batch_in_epoch = 0
+                metrics = {
+                    "epoch": self.epoch,
+                    "step": self.step,
+                    **metrics,
+                    "elapsed_seconds": self.elapsed(),
+                }
+                self.history.append(metrics)
+                self._emit("on_epoch_end", metrics)
+                self._stop_if_signalled()
         self.stop_reason = reason
         self._emit("on_fit_end")
 
@@ -145,37 +194,50 @@ class Trainer:
     def request_stop(self, reason: str) -> None:
         self._stop_request = reason
 
+    def elapsed(self) -> float:
+        """Seconds of training in this run, across resumes."""
+        return time.perf_counter() - self._fit_clock
+
     def _train_epoch(self) -> dict[str, float]:
         tc = self.cfg.train
-        self.model.train()
-        total_loss = torch.zeros((), dtype=torch.float64)
-        correct = torch.zeros((), dtype=torch.int64, device=self.device)  # summed on the device: no sync
-        seen = 0
-        start = time.perf_counter()
+        self.forward_model.train()
+        self._epoch_clock = time.perf_counter() - self._epoch_seconds_before
         batches = len(self.train_loader)
-        for i, batch in enumerate(self.train_loader):
+        for i, batch in enumerate(self.train_loader.iter_from(self.batch_in_epoch), self.batch_in_epoch):
+            boundary = (i + 1) % tc.grad_accum == 0 or i + 1 == batches
             batch = move(batch, self.device, self.channels_last)
             labels = batch.pop("labels")
-            with autocast(self.device, self.dtype):
-                logits = self.model(**batch)
-            loss = F.cross_entropy(logits.float(), labels, label_smoothing=tc.label_smoothing)
-            self.scaler.scale(loss / tc.grad_accum).backward()
-            if (i + 1) % tc.grad_accum == 0 or i + 1 == batches:
-                self._optimizer_step()
+            # Between optimizer steps DDP need not average gradients: once per step is enough.
+            quiet = self.world.distributed and not boundary
+            with self.forward_model.no_sync() if quiet else contextlib.nullcontext():
+                with autocast(self.device, self.dtype):
+                    logits = self.forward_model(**batch)
+                loss = F.cross_entropy(logits.float(), labels, label_smoothing=tc.label_smoothing)
+                self.scaler.scale(loss / tc.grad_accum).backward()
             value = loss.item()
             if not math.isfinite(value):
                 raise TrainingDiverged(
                     f"loss became {value} at epoch {self.epoch + 1}, step {self.step}; "
                     "lower optim.lr or set train.grad_clip"
                 )
-            total_loss += value * len(labels)
-            correct += (logits.argmax(dim=1) == labels).sum()
-            seen += len(labels)
+            self._loss_sum += value * len(labels)
+            self._correct += (logits.argmax(dim=1) == labels).sum()
+            self._seen += len(labels)
             self._emit("on_batch_end", value, len(labels))
-        seconds = time.perf_counter() - start
+            if boundary:
+                self._optimizer_step()
+                self.batch_in_epoch = i + 1
+                self._emit("on_step_end")
+                self._stop_if_signalled()
+        seconds = time.perf_counter() - self._epoch_clock
+        loss_sum, correct, seen = sum_across(
+            torch.tensor([self._loss_sum, float(self._correct), float(self._seen)], dtype=torch.float64)
+        ).tolist()
+        self._loss_sum, self._seen, self._epoch_seconds_before = 0.0, 0, 0.0
+        self._correct.zero_()
         return {
-            "train/loss": total_loss.item() / max(seen, 1),
-            "train/accuracy": correct.item() / max(seen, 1),
+            "train/loss": loss_sum / max(seen, 1),
+            "train/accuracy": correct / max(seen, 1),
             "train/samples_per_s": seen / seconds,
             "train/epoch_seconds": seconds,
             "lr": self.optimizer.param_groups[0]["lr"],
@@ -191,9 +253,50 @@ class Trainer:
         self.scheduler.step()
         self.step += 1
 
+    # -- signals ---------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _catching_signals(self) -> Iterator[None]:
+        """SIGINT and SIGTERM only set a flag: the loop checkpoints at the next optimizer step and stops.
+        A second signal acts at once, as the first would have without this."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+
+        def remember(signum: int, frame: Any) -> None:
+            self._signal = signum
+            for other, handler in previous.items():
+                signal.signal(other, handler)
+
+        for signum in previous:
+            signal.signal(signum, remember)
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def _stop_if_signalled(self) -> None:
+        if not any_rank(self._signal is not None):  # every rank stops at the same step
+            return
+        signum = self._signal or signal.SIGTERM  # another rank got it (torchrun forwards to all)
+        self._emit("on_interrupt")
+        raise Interrupted(
+            f"stopped by {signal.Signals(signum).name} at epoch {self.epoch + 1}, step {self.step}", signum
+        )
+
     # -- evaluation -----------------------------------------------------------------------------
     def evaluate(self, loader: BatchLoader) -> dict[str, Any]:
-        logits, labels = predict_logits(self.model, loader, self.device, self.dtype, self.channels_last)
+        return classification_metrics(*self._predict(loader), self.data.info.classes)
+
+    def _predict(self, loader: BatchLoader) -> tuple[torch.Tensor, torch.Tensor]:
+        return predict_logits(self.model, loader, self.device, self.dtype, self.channels_last)
+
+    def _evaluate_val(self) -> dict[str, Any]:
+        """Each rank predicts its shard of the validation split; the metrics are of all of it."""
+        logits, labels = self._predict(self.val_loader)
+        shards = gather_objects((logits, labels))
+        logits, labels = torch.cat([s[0] for s in shards]), torch.cat([s[1] for s in shards])
         return classification_metrics(logits, labels, self.data.info.classes)
 
     def example_features(self) -> Batch:
@@ -203,19 +306,37 @@ class Trainer:
 
     # -- state, for checkpoints -----------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue bit for bit. Under torchrun every rank must call it (each
+        rank's RNG is gathered)."""
         return {
             "epoch": self.epoch,
             "step": self.step,
+            "batch_in_epoch": self.batch_in_epoch,
+            "epoch_sums": {
+                "loss": self._loss_sum,
+                "correct": int(self._correct),
+                "seen": self._seen,
+                "seconds": time.perf_counter() - self._epoch_clock if self.batch_in_epoch else 0.0,
+            },
+            "elapsed": self.elapsed(),
             "history": self.history,
             "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "schedule_key": self._schedule_key(),
             "scaler": self.scaler.state_dict(),
-            "torch_rng": torch.get_rng_state(),
+            "rng": gather_objects(_rng_state()),  # one entry per rank
             "callbacks": {type(cb).__name__: cb.state_dict() for cb in self.callbacks},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.epoch = state["epoch"]
         self.step = state["step"]
+        self.batch_in_epoch = state["batch_in_epoch"]
+        sums = state["epoch_sums"]
+        self._loss_sum, self._seen = sums["loss"], sums["seen"]
+        self._correct.fill_(sums["correct"])
+        self._epoch_seconds_before = sums["seconds"]
+        self._elapsed_before = state["elapsed"]
         self.history = state["history"]
         # Per-parameter state (moments, momentum) from the checkpoint; hyperparameters from the config,
         # so a resume with a new optim.lr or train.epochs means what it says.
@@ -227,17 +348,50 @@ class Trainer:
             )
         ]
         self.optimizer.load_state_dict(optimizer)
-        # The schedule is a pure function of the step: replay it up to where the run stopped.
+        self._restore_schedule(state)
+        self.scaler.load_state_dict(state["scaler"])
+        rng = state["rng"]
+        _set_rng_state(rng[self.world.rank] if len(rng) == self.world.size else rng[0])
+        for cb in self.callbacks:
+            cb.load_state_dict(state["callbacks"].get(type(cb).__name__, {}))
+
+    def _schedule_key(self) -> str:
+        """What the learning-rate schedule depends on; when it changes, the saved one no longer applies."""
+        key = {"optim": self.cfg.optim.model_dump(mode="json"), "epochs": self.cfg.train.epochs}
+        return json.dumps({**key, "steps_per_epoch": self.steps_per_epoch}, sort_keys=True)
+
+    def _restore_schedule(self, state: dict[str, Any]) -> None:
+        if state.get("schedule_key") == self._schedule_key():
+            self.scheduler.load_state_dict(state["scheduler"])
+            for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr(), strict=True):
+                group["lr"] = lr
+            return
+        # A new horizon or learning rate: the schedule is a pure function of the step, so replay it.
         total = self.steps_per_epoch * self.cfg.train.epochs
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()" is intended here
             for _ in range(min(self.step, total - 1)):
                 self.scheduler.step()
-        self.scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["torch_rng"])
-        for cb in self.callbacks:
-            cb.load_state_dict(state["callbacks"].get(type(cb).__name__, {}))
 
     def _emit(self, event: str, *args: Any) -> None:
         for cb in self.callbacks:
             getattr(cb, event)(self, *args)
+
+
+def _rng_state() -> dict[str, Any]:
+    numpy_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]],
+        "python": random.getstate(),
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    random.setstate(state["python"])
