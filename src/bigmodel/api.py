@@ -16,7 +16,7 @@ from bigmodel.data import BatchLoader, DataBundle, build_data
 from bigmodel.engine.callbacks import Checkpoints, EarlyStopping, MetricsJsonl, ProgressBar, TensorBoard
 from bigmodel.engine.checkpoint import latest_good_checkpoint, load_state, load_weights, step_checkpoints
 from bigmodel.engine.device import resolve_device, resolve_precision, seed_everything
-from bigmodel.engine.distributed import close_world
+from bigmodel.engine.distributed import close_world, is_peer_failure
 from bigmodel.engine.trainer import Callback, Trainer, TrainingDiverged, predict_logits
 from bigmodel.errors import Interrupted, UserError
 from bigmodel.evaluation.metrics import classification_metrics
@@ -128,6 +128,15 @@ def _callbacks(cfg: Config, paths: RunPaths | None) -> list[Callback]:
 def _fit_and_report(trainer: Trainer, paths: RunPaths | None) -> Path | None:
     try:
         trainer.fit()
+    except RuntimeError as exc:
+        if not is_peer_failure(exc):
+            raise
+        reason = str(exc).strip().splitlines()[0].split("] ", 1)[-1].split(". ")[0][:160]
+        run = paths.root if paths is not None else "RUN"
+        raise UserError(
+            f"rank {trainer.world.rank} stops: another process of this torchrun job failed ({reason}); "
+            f"torchrun's summary below names it; continue with: bigmodel train --resume {run}"
+        ) from None
     except (TrainingDiverged, Interrupted) as exc:
         if paths is None:
             raise

@@ -87,3 +87,12 @@ def gather_objects(obj: Any) -> list[Any]:
     out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def is_peer_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collective failing because another rank died or hung (gloo and NCCL raise
+    plain RuntimeErrors that say so)."""
+    if isinstance(exc, dist.DistError):
+        return True
+    signs = ("gloo", "NCCL", "Connection reset by peer", "Connection closed by peer", "Timed out")
+    return isinstance(exc, RuntimeError) and dist.is_initialized() and any(s in str(exc) for s in signs)

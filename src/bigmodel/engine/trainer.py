@@ -338,17 +338,7 @@ class Trainer:
         self._epoch_seconds_before = sums["seconds"]
         self._elapsed_before = state["elapsed"]
         self.history = state["history"]
-        # Per-parameter state (moments, momentum) from the checkpoint; hyperparameters from the config,
-        # so a resume with a new optim.lr or train.epochs means what it says.
-        optimizer = state["optimizer"]
-        optimizer["param_groups"] = [
-            {**group, "params": saved["params"]}
-            for group, saved in zip(
-                self.optimizer.state_dict()["param_groups"], optimizer["param_groups"], strict=True
-            )
-        ]
-        self.optimizer.load_state_dict(optimizer)
-        self._restore_schedule(state)
+        self._restore_optimizer(state)
         self.scaler.load_state_dict(state["scaler"])
         rng = state["rng"]
         _set_rng_state(rng[self.world.rank] if len(rng) == self.world.size else rng[0])
@@ -360,13 +350,22 @@ class Trainer:
         key = {"optim": self.cfg.optim.model_dump(mode="json"), "epochs": self.cfg.train.epochs}
         return json.dumps({**key, "steps_per_epoch": self.steps_per_epoch}, sort_keys=True)
 
-    def _restore_schedule(self, state: dict[str, Any]) -> None:
-        if state.get("schedule_key") == self._schedule_key():
+    def _restore_optimizer(self, state: dict[str, Any]) -> None:
+        if state.get("schedule_key") == self._schedule_key():  # the same run: continue exactly
+            self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
-            for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr(), strict=True):
-                group["lr"] = lr
             return
-        # A new horizon or learning rate: the schedule is a pure function of the step, so replay it.
+        # A new horizon or learning rate means what it says: per-parameter state (moments, momentum)
+        # from the checkpoint, hyperparameters from the config, and the schedule, a pure function of
+        # the step, replayed up to where the run stopped.
+        optimizer = state["optimizer"]
+        optimizer["param_groups"] = [
+            {**group, "params": saved["params"]}
+            for group, saved in zip(
+                self.optimizer.state_dict()["param_groups"], optimizer["param_groups"], strict=True
+            )
+        ]
+        self.optimizer.load_state_dict(optimizer)
         total = self.steps_per_epoch * self.cfg.train.epochs
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()" is intended here
