@@ -32,7 +32,7 @@ demo: install data
 	$(BIN)/bigmodel train
 
 test: install-dev data
-	$(BIN)/python -m pytest -n 2 --durations=15
+	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=15
 
 lint: install-dev
 	$(BIN)/ruff check src tests

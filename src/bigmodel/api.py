@@ -149,18 +149,17 @@ def _fit_and_report(trainer: Trainer, paths: RunPaths | None) -> Path | None:
     if paths is None:
         return None  # rank 0 reports
     print(f"stopped: {trainer.stop_reason}", file=sys.stderr)
-    # Report the best checkpoint, which is what evaluate and predict will load.
-    load_weights(trainer.model, paths.checkpoints / "best.safetensors")
-    data, eval_batch = trainer.data, trainer.cfg.train.eval_batch_size
+    best = Run.load(paths.root)  # the best checkpoint as saved: exactly what evaluate and predict load
     val, test = (
-        trainer.evaluate(BatchLoader(data.split(s), eval_batch, data.eval_transform)) for s in ("val", "test")
+        _metrics(best.model, trainer.data, s, trainer.cfg, trainer.device, trainer.dtype)
+        for s in ("val", "test")
     )
     history = trainer.history
     report = {
         "test": test,
         "val": val,
         "train_seconds": history[-1]["elapsed_seconds"] if history else 0.0,
-        "params": count_parameters(trainer.model),
+        "params": count_parameters(best.model),
         "epochs": trainer.epoch,
         "best_epoch": next(cb.best_epoch for cb in trainer.callbacks if isinstance(cb, Checkpoints)),
         "stop_reason": trainer.stop_reason,
@@ -189,9 +188,15 @@ def evaluate(run: str | Path, split: str = "test") -> dict[str, Any]:
         )
     device = resolve_device(loaded.config.train.device)
     dtype = resolve_precision(loaded.config.train.precision, device)
-    loader = BatchLoader(data.split(split), loaded.config.train.eval_batch_size, data.eval_transform)
-    logits, labels = predict_logits(loaded.model.to(device), loader, device, dtype)
-    return classification_metrics(logits, labels, loaded.info.classes)
+    return _metrics(loaded.model, data, split, loaded.config, device, dtype)
+
+
+def _metrics(
+    model: nn.Module, data: DataBundle, split: str, cfg: Config, device: torch.device, dtype: torch.dtype
+) -> dict[str, Any]:
+    loader = BatchLoader(data.split(split), cfg.train.eval_batch_size, data.eval_transform)
+    logits, labels = predict_logits(model.to(device), loader, device, dtype)
+    return classification_metrics(logits, labels, data.info.classes)
 
 
 def predict(run: str | Path, inputs: list[str], top_k: int = 3) -> list[dict[str, Any]]:

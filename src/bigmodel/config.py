@@ -98,6 +98,9 @@ class TrainConfig(Section):
     )
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
     channels_last: bool = True
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="under torchrun: ddp replicates the model, fsdp shards weights and optimizer state"
+    )
     checkpoint_every: int = Field(
         0, ge=0, description="also checkpoint every N optimizer steps (0: at the end of each epoch only)"
     )

@@ -5,7 +5,7 @@
       data.json            the DataInfo: classes, input shape, normalisation
       metrics.jsonl        one line per epoch
       report.json          final val and test metrics, time, parameter count
-      checkpoints/         best.safetensors, last.safetensors (+ last.state.pt)
+      checkpoints/         step-<N>.{safetensors,state.pt,json} (newest few), best.{safetensors,json}
       tokenizer/           text runs: the tokenizer, in Hugging Face format
       events.out.tfevents.*  TensorBoard
 

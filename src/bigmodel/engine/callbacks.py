@@ -88,7 +88,7 @@ class TensorBoard(Callback):
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=trainer.step or None)
-        if trainer.epoch == 0:
+        if trainer.epoch == 0 and not trainer.sharded:  # a sharded model runs only with every rank
             self._add_graph(trainer)
 
     def _add_graph(self, trainer: Trainer) -> None:
@@ -126,8 +126,8 @@ class Checkpoints(Callback):
     """A ``step-<N>`` checkpoint at the end of every epoch, every ``every_n_steps`` optimizer steps and
     on SIGINT/SIGTERM, the newest ``keep`` of them kept; ``best`` whenever the monitored metric improves.
 
-    Under torchrun it runs on every rank, since the state gathers every rank's RNG; only the rank
-    given a ``directory`` (rank 0) writes.
+    Under torchrun it runs on every rank, since the state gathers every rank's RNG (and, under FSDP,
+    the weights); only the rank given a ``directory`` (rank 0) writes.
     """
 
     def __init__(self, directory: Path | None, every_n_steps: int = 0, keep: int = 2):
@@ -146,9 +146,10 @@ class Checkpoints(Callback):
         value = _monitored(trainer, metrics)
         if _improved(value, self.best, trainer.cfg.train.monitor_mode):
             self.best, self.best_epoch = value, metrics["epoch"]
+            tensors = trainer.model_tensors()  # on every rank: under FSDP it gathers the shards
             if self.directory is not None:
                 info = {"epoch": trainer.epoch, "step": trainer.step, trainer.cfg.train.monitor: value}
-                save_checkpoint(self.directory, "best", trainer.model, **info)
+                save_checkpoint(self.directory, "best", tensors, **info)
         self._save(trainer)  # after best, so the state it holds records the new best
 
     def on_interrupt(self, trainer: Trainer) -> None:
@@ -156,10 +157,10 @@ class Checkpoints(Callback):
             self._save(trainer)
 
     def _save(self, trainer: Trainer) -> None:
-        state = trainer.state_dict()  # on every rank: it gathers their RNG states
+        tensors, state = trainer.model_tensors(), trainer.state_dict()  # collectives: on every rank
         if self.directory is not None:
             info = {"epoch": trainer.epoch, "step": trainer.step, "batch_in_epoch": trainer.batch_in_epoch}
-            save_checkpoint(self.directory, f"step-{trainer.step:08d}", trainer.model, state, **info)
+            save_checkpoint(self.directory, f"step-{trainer.step:08d}", tensors, state, **info)
             prune_checkpoints(self.directory, self.keep)
         self.saved_step = trainer.step
 

@@ -99,12 +99,15 @@ class Checkpoint:
 
 
 def save_checkpoint(
-    directory: Path, tag: str, model: nn.Module, state: dict[str, Any] | None = None, **info: Any
+    directory: Path,
+    tag: str,
+    tensors: dict[str, torch.Tensor],
+    state: dict[str, Any] | None = None,
+    **info: Any,
 ) -> Checkpoint:
-    """Write weights (and training state), then the manifest that makes them a checkpoint."""
+    """Write weights (dense CPU tensors) and training state, then the manifest that makes them a
+    checkpoint."""
     ckpt = Checkpoint(directory, tag)
-    # contiguous(): channels-last kernels are strided views, and safetensors stores dense tensors.
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     try:
         atomic_write(ckpt.weights, lambda tmp: save_file(tensors, tmp))
         written = [ckpt.weights]

@@ -12,7 +12,7 @@ from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 from bigmodel.config import OptimConfig
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, cfg: OptimConfig, sharded: bool = False) -> torch.optim.Optimizer:
     # Weight decay on matrices and kernels only: decaying biases and norm scales only hurts (nanoGPT).
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
@@ -20,8 +20,9 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    # One fused kernel per step instead of a Python loop over parameters (CPU and CUDA; not MPS).
-    fused = next(model.parameters()).device.type in ("cpu", "cuda")
+    # One fused kernel per step instead of a Python loop over parameters (CPU and CUDA; not MPS, and
+    # not FSDP's sharded tensors, for which fused SGD has no kernel).
+    fused = next(model.parameters()).device.type in ("cpu", "cuda") and not sharded
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, fused=fused)
     optimizer = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW

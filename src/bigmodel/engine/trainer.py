@@ -32,6 +32,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
 
 from bigmodel.config import Config
 from bigmodel.data import BatchLoader, DataBundle
@@ -41,6 +47,9 @@ from bigmodel.engine.distributed import any_rank, gather_objects, init_world, su
 from bigmodel.engine.optim import build_optimizer, build_scheduler
 from bigmodel.errors import Interrupted, UserError
 from bigmodel.evaluation.metrics import classification_metrics, summary
+
+FULL = StateDictOptions(full_state_dict=True)  # FSDP: whole tensors, not this rank's shard
+FULL_ON_CPU = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
 class TrainingDiverged(UserError):
@@ -123,7 +132,10 @@ class Trainer:
         memory_format = torch.channels_last if self.channels_last else torch.preserve_format
         self.model = model.to(self.device, memory_format=memory_format)
         self.forward_model: nn.Module = self.model
-        if self.world.distributed:
+        self.sharded = self.world.distributed and tc.strategy == "fsdp"
+        if self.sharded:
+            shard_model(self.model)  # in place: the model itself now gathers its weights as it runs
+        elif self.world.distributed:
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -140,10 +152,12 @@ class Trainer:
             rank=self.world.rank,
             world_size=self.world.size,
         )
-        shard = torch.tensor_split(torch.arange(len(data.val)), self.world.size)[self.world.rank]
+        # Each rank validates a shard, except under FSDP, where every forward pass needs every rank.
+        shards = 1 if self.sharded else self.world.size
+        shard = torch.tensor_split(torch.arange(len(data.val)), shards)[self.world.rank % shards]
         self.val_loader = BatchLoader(data.val.take(shard), tc.eval_batch_size, data.eval_transform)
         self.steps_per_epoch = math.ceil(len(self.train_loader) / tc.grad_accum)
-        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.optimizer = build_optimizer(self.model, cfg.optim, self.sharded)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.steps_per_epoch, tc.epochs)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.epoch = 0  # epochs completed
@@ -208,7 +222,7 @@ class Trainer:
             batch = move(batch, self.device, self.channels_last)
             labels = batch.pop("labels")
             # Between optimizer steps DDP need not average gradients: once per step is enough.
-            quiet = self.world.distributed and not boundary
+            quiet = self.world.distributed and not self.sharded and not boundary
             with self.forward_model.no_sync() if quiet else contextlib.nullcontext():
                 with autocast(self.device, self.dtype):
                     logits = self.forward_model(**batch)
@@ -286,15 +300,13 @@ class Trainer:
         )
 
     # -- evaluation -----------------------------------------------------------------------------
-    def evaluate(self, loader: BatchLoader) -> dict[str, Any]:
-        return classification_metrics(*self._predict(loader), self.data.info.classes)
-
-    def _predict(self, loader: BatchLoader) -> tuple[torch.Tensor, torch.Tensor]:
-        return predict_logits(self.model, loader, self.device, self.dtype, self.channels_last)
-
     def _evaluate_val(self) -> dict[str, Any]:
         """Each rank predicts its shard of the validation split; the metrics are of all of it."""
-        logits, labels = self._predict(self.val_loader)
+        logits, labels = predict_logits(
+            self.model, self.val_loader, self.device, self.dtype, self.channels_last
+        )
+        if self.sharded:
+            return classification_metrics(logits, labels, self.data.info.classes)
         shards = gather_objects((logits, labels))
         logits, labels = torch.cat([s[0] for s in shards]), torch.cat([s[1] for s in shards])
         return classification_metrics(logits, labels, self.data.info.classes)
@@ -305,6 +317,14 @@ class Trainer:
         return {k: v[:2] for k, v in batch.items() if k != "labels"}
 
     # -- state, for checkpoints -----------------------------------------------------------------
+    def model_tensors(self) -> dict[str, torch.Tensor]:
+        """The full weights, on the CPU. Under FSDP every rank must call it (it gathers the shards),
+        and only rank 0 gets them."""
+        if self.sharded:
+            return get_model_state_dict(self.model, options=FULL_ON_CPU)
+        # contiguous(): channels-last kernels are strided views, and safetensors stores dense tensors.
+        return {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue bit for bit. Under torchrun every rank must call it (each
         rank's RNG is gathered)."""
@@ -320,7 +340,11 @@ class Trainer:
             },
             "elapsed": self.elapsed(),
             "history": self.history,
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": (
+                get_optimizer_state_dict(self.model, self.optimizer, options=FULL_ON_CPU)
+                if self.sharded
+                else self.optimizer.state_dict()
+            ),
             "scheduler": self.scheduler.state_dict(),
             "schedule_key": self._schedule_key(),
             "scaler": self.scaler.state_dict(),
@@ -352,7 +376,7 @@ class Trainer:
 
     def _restore_optimizer(self, state: dict[str, Any]) -> None:
         if state.get("schedule_key") == self._schedule_key():  # the same run: continue exactly
-            self.optimizer.load_state_dict(state["optimizer"])
+            self._load_optimizer(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             return
         # A new horizon or learning rate means what it says: per-parameter state (moments, momentum)
@@ -365,16 +389,55 @@ class Trainer:
                 self.optimizer.state_dict()["param_groups"], optimizer["param_groups"], strict=True
             )
         ]
-        self.optimizer.load_state_dict(optimizer)
+        self._load_optimizer(optimizer)
         total = self.steps_per_epoch * self.cfg.train.epochs
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()" is intended here
             for _ in range(min(self.step, total - 1)):
                 self.scheduler.step()
 
+    def _load_optimizer(self, saved: dict[str, Any]) -> None:
+        """A checkpoint holds the full optimizer state whatever the strategy, so it resumes under any."""
+        if self.sharded:  # FSDP's loader wants parameters by name
+            set_optimizer_state_dict(
+                self.model, self.optimizer, _rekeyed(saved, self.model, self.optimizer, True), options=FULL
+            )
+        else:
+            self.optimizer.load_state_dict(_rekeyed(saved, self.model, self.optimizer, False))
+
     def _emit(self, event: str, *args: Any) -> None:
         for cb in self.callbacks:
             getattr(cb, event)(self, *args)
+
+
+def shard_model(model: nn.Module) -> None:
+    """FSDP2: each top-level block with weights is one unit of all-gather, the root holds the rest."""
+    from torch.distributed.fsdp import fully_shard
+
+    for child in model.children():
+        if any(p.requires_grad for p in child.parameters()):
+            fully_shard(child)
+    fully_shard(model)
+
+
+def _rekeyed(
+    saved: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer, by_name: bool
+) -> dict[str, Any]:
+    """An optimizer state with its parameters keyed by name (as FSDP writes and reads it) or by
+    position in the optimizer (as ``Optimizer.state_dict`` does), however it was saved."""
+    name_of = {id(p): name for name, p in model.named_parameters()}
+    names = [name_of[id(p)] for group in optimizer.param_groups for p in group["params"]]
+    position = {name: i for i, name in enumerate(names)}
+
+    def key(k: int | str) -> int | str:
+        if by_name:
+            return names[k] if isinstance(k, int) else k
+        return position[k] if isinstance(k, str) else k
+
+    return {
+        "state": {key(k): value for k, value in saved["state"].items()},
+        "param_groups": [{**g, "params": [key(k) for k in g["params"]]} for g in saved["param_groups"]],
+    }
 
 
 def _rng_state() -> dict[str, Any]:
