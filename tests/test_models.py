@@ -35,7 +35,8 @@ def test_seed_cnn_computes_its_flatten_size():
 def test_an_image_model_refuses_text_data():
     text = DataInfo(kind="text", classes=["neg", "pos"], input_shape=[32], source="test", vocab_size=100)
     with pytest.raises(
-        UserError, match="model 'cnn' classifies images, but the data is text; choose one of attention"
+        UserError,
+        match="model 'cnn' classifies images, but the data is text to classify; choose one of attention",
     ):
         build_model(ModelConfig(name="cnn"), text)
 
@@ -69,7 +70,7 @@ def test_settings_change_the_model():
         (ModelConfig(name="seed-cnn", width=3), "its settings: none"),
         (
             ModelConfig(name="lstm"),
-            "model 'lstm' classifies text, but the data is image; choose one of cnn, mlp,",
+            "model 'lstm' classifies text, but the data is images; choose one of cnn, mlp,",
         ),
     ],
 )

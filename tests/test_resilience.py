@@ -35,7 +35,7 @@ EXACT_ARGS = [
     "train.keep_checkpoints=3",
 ]
 STEPS_PER_EPOCH = 20  # the digits training split in batches of 64, the last partial one dropped
-TIMING_KEYS = ("train/samples_per_s", "train/epoch_seconds", "elapsed_seconds")
+TIMING_KEYS = ("train/samples_per_s", "train/tokens_per_s", "train/epoch_seconds", "elapsed_seconds")
 
 
 def bigmodel(*args: str) -> subprocess.Popen:

@@ -21,10 +21,10 @@ from bigmodel.data.text import (
     _encode,
     _read_named,
     _read_path,
-    _split,
     _train_tokenizer,
     build_text_data,
     prepare_texts,
+    split_indices,
 )
 from bigmodel.errors import UserError
 
@@ -200,7 +200,7 @@ def test_split_is_fixed_by_its_seed(tmp_path: Path):
         assert torch.equal(first.split(name).features["input_ids"], again.split(name).features["input_ids"])
         assert torch.equal(first.split(name).labels, again.split(name).labels)
     table = _read_path(config(path))
-    seed0, seed1 = _split(table, 0), _split(table, 1)
+    seed0, seed1 = split_indices(table, 0), split_indices(table, 1)
     assert not np.array_equal(seed0[1], seed1[1])
     for index in (*seed0, *seed1):
         assert np.all(np.diff(index) > 0)  # file order
@@ -267,7 +267,7 @@ def test_prepare_texts_matches_the_training_encoding(tmp_path: Path):
     cfg = config(path, max_length=12)
     bundle = build_text_data(cfg)
     bundle.tokenizer.save_pretrained(tmp_path / "tokenizer")
-    train_index, _, _ = _split(_read_path(cfg), cfg.split_seed)
+    train_index, _, _ = split_indices(_read_path(cfg), cfg.split_seed)
     picks = [0, 3, 4, 7]  # rows 0 and 3 of the file hold <br /> and are among the longest
     raw = [rows()[train_index[p]][0] for p in picks]
     features = prepare_texts(raw, tmp_path / "tokenizer", bundle.info)
@@ -288,7 +288,7 @@ def test_imdb_splits_are_stratified_halves():
     table = _read_named("imdb")
     assert len(table.texts) == 25_000 and table.classes == ["negative", "positive"]
     assert not any("<br" in t.lower() for t in table.texts[:2000])
-    splits = _split(table, 0)
+    splits = split_indices(table, 0)
     assert [len(s) for s in splits] == [20_000, 2_500, 2_500]
     for index in splits:
         assert np.bincount(table.labels[index]).tolist() == [len(index) // 2] * 2
@@ -297,7 +297,7 @@ def test_imdb_splits_are_stratified_halves():
 def test_rotten_tomatoes_builds_with_a_small_tokenizer():
     cfg = DataConfig(name="rotten-tomatoes", vocab_size=2000, max_length=64, limit=1000)
     bundle = build_text_data(cfg)
-    train, val, test = _split(_read_named("rotten-tomatoes"), cfg.split_seed)
+    train, val, test = split_indices(_read_named("rotten-tomatoes"), cfg.split_seed)
     assert len(train) + len(val) + len(test) == 8_530
     assert (
         (len(bundle.train), len(bundle.val), len(bundle.test))

@@ -1,4 +1,5 @@
-"""The public workflows, one function per CLI subcommand: train, evaluate, predict."""
+"""The public workflows, one function per CLI subcommand: train (and pretrain), evaluate, predict,
+generate."""
 
 from __future__ import annotations
 
@@ -17,9 +18,16 @@ from bigmodel.engine.callbacks import Checkpoints, EarlyStopping, MetricsJsonl, 
 from bigmodel.engine.checkpoint import latest_good_checkpoint, load_state, load_weights, step_checkpoints
 from bigmodel.engine.device import resolve_device, resolve_precision, seed_everything
 from bigmodel.engine.distributed import close_world, is_peer_failure
-from bigmodel.engine.trainer import Callback, Trainer, TrainingDiverged, predict_logits
+from bigmodel.engine.trainer import (
+    LANGUAGE_MODELLING,
+    Callback,
+    Trainer,
+    TrainingDiverged,
+    language_model_eval,
+    predict_logits,
+)
 from bigmodel.errors import Interrupted, UserError
-from bigmodel.evaluation.metrics import classification_metrics
+from bigmodel.evaluation.metrics import classification_metrics, language_model_metrics
 from bigmodel.models import build_model
 from bigmodel.run import (
     Run,
@@ -169,7 +177,28 @@ def _fit_and_report(trainer: Trainer, paths: RunPaths | None) -> Path | None:
         "samples_per_s_median": _median([h["train/samples_per_s"] for h in history]),
     }
     write_json(paths.report, report)
+    if hasattr(best.model, "hf"):
+        export_hf(best, trainer.data.tokenizer)
     return paths.root
+
+
+def export_hf(run: Run, tokenizer: Any) -> Path:
+    """``RUN/hf/``: the best weights as a Hugging Face model and its tokenizer (``save_pretrained``), so
+    ``AutoModel.from_pretrained`` and ``AutoTokenizer.from_pretrained`` read it unchanged."""
+    out = run.paths.root / "hf"
+    hf = run.model.hf
+    if tokenizer.cls_token_id is not None:  # our tokenizers open each text with [CLS], close with [SEP]
+        for config in (hf.config, getattr(hf, "generation_config", None)):
+            if config is None:
+                continue
+            config.bos_token_id, config.eos_token_id = tokenizer.cls_token_id, tokenizer.sep_token_id
+            config.pad_token_id = tokenizer.pad_token_id
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a bar for writing one file is noise
+    hf.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
 
 
 def _median(values: list[float]) -> float:
@@ -195,6 +224,8 @@ def _metrics(
     model: nn.Module, data: DataBundle, split: str, cfg: Config, device: torch.device, dtype: torch.dtype
 ) -> dict[str, Any]:
     loader = BatchLoader(data.split(split), cfg.train.eval_batch_size, data.eval_transform)
+    if data.info.kind in LANGUAGE_MODELLING:
+        return language_model_metrics(language_model_eval(model.to(device), loader, device, dtype))
     logits, labels = predict_logits(model.to(device), loader, device, dtype)
     return classification_metrics(logits, labels, data.info.classes)
 
@@ -202,6 +233,11 @@ def _metrics(
 def predict(run: str | Path, inputs: list[str], top_k: int = 3) -> list[dict[str, Any]]:
     """Top-k classes with probabilities for each input: image files for image runs, texts for text runs."""
     loaded = Run.load(run)
+    if loaded.info.kind in LANGUAGE_MODELLING:
+        raise UserError(
+            f"{run} is a pretrained language model, not a classifier: continue text with bigmodel generate "
+            "(clm), or fine-tune it with model.name=bert model.pretrained=RUN/hf (mlm)"
+        )
     if loaded.info.kind == "text":
         from bigmodel.data.text import prepare_texts
 
@@ -224,3 +260,57 @@ def predict(run: str | Path, inputs: list[str], top_k: int = 3) -> list[dict[str
         }
         for row, name in enumerate(inputs)
     ]
+
+
+def generate(
+    run: str | Path,
+    prompt: str,
+    max_new_tokens: int = 50,
+    temperature: float = 1.0,
+    top_k: int = 50,
+    top_p: float = 1.0,
+    seed: int = 0,
+) -> str:
+    """Continue ``prompt`` with a causal LM run, sampling through Hugging Face's ``generate``; the same
+    seed gives the same text. ``temperature=0`` picks the likeliest token at each step."""
+    loaded = Run.load(run)
+    if loaded.info.kind != "clm":
+        raise UserError(
+            f"{run} is not a causal language model; generate needs a run pretrained with "
+            "data.objective=clm (e.g. bigmodel pretrain configs/gpt-imdb.yaml)"
+        )
+    context = loaded.info.input_shape[0]
+    checks = {
+        "--max-new-tokens": (
+            0 < max_new_tokens < context,
+            f"between 1 and {context - 1}, the context length",
+        ),
+        "--temperature": (temperature >= 0, "0 (greedy) or more"),
+        "--top-k": (top_k >= 0, "0 (off) or more"),
+        "--top-p": (0 < top_p <= 1, "in (0, 1]"),
+    }
+    for flag, (ok, allowed) in checks.items():
+        if not ok:
+            raise UserError(f"{flag} must be {allowed}")
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(loaded.paths.tokenizer))
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    if tokenizer.cls_token_id is not None:
+        ids = [tokenizer.cls_token_id, *ids]  # how every training text began
+    ids = ids[-(context - max_new_tokens) :]  # the model reads at most `context` positions
+    input_ids = torch.tensor([ids])
+    torch.manual_seed(seed)
+    with torch.inference_mode():
+        out = loaded.model.hf.generate(
+            input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            max_new_tokens=max_new_tokens,
+            do_sample=temperature > 0,
+            temperature=temperature or None,
+            top_k=top_k or None,
+            top_p=top_p,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.sep_token_id,
+        )
+    return tokenizer.decode(out[0], skip_special_tokens=True)

@@ -45,6 +45,24 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN", help="continue RUN from its last checkpoint")
     p.set_defaults(handler=_train)
 
+    p = sub.add_parser(
+        "pretrain", help="pretrain a language model on texts alone (data.objective=mlm or clm)"
+    )
+    p.add_argument("args", nargs="*", metavar="[CONFIG] [section.key=value ...]")
+    p.add_argument("--out", help="run directory (default: runs/<config name>)")
+    p.add_argument("--resume", metavar="RUN", help="continue RUN from its newest intact checkpoint")
+    p.set_defaults(handler=_pretrain)
+
+    p = sub.add_parser("generate", help="continue a prompt with a pretrained causal LM (gpt)")
+    p.add_argument("run")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=50)
+    p.add_argument("--temperature", type=float, default=1.0, help="0: always the likeliest token")
+    p.add_argument("--top-k", type=int, default=50, help="sample among the k likeliest (0: all)")
+    p.add_argument("--top-p", type=float, default=1.0, help="sample among the likeliest with this mass")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler=_generate)
+
     p = sub.add_parser("evaluate", help="accuracy, precision, recall, F1 and confusion matrix of a run")
     p.add_argument("run")
     p.add_argument("--split", choices=["val", "test"], default="test")
@@ -74,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _train(args: argparse.Namespace) -> int:
+def _train(args: argparse.Namespace, pretrain: bool = False) -> int:
     from bigmodel import api
     from bigmodel.config import load_config
 
@@ -84,19 +102,50 @@ def _train(args: argparse.Namespace) -> int:
             raise UserError("--resume takes its config from the run; pass only section.key=value overrides")
         run = api.resume(args.resume, overrides)
     else:
-        run = api.train(load_config(config, overrides), args.out)
+        cfg = load_config(config, overrides)
+        if pretrain and cfg.data.objective == "classify":
+            raise UserError(
+                "pretrain needs data.objective=mlm (with model.name=bert-mlm) or clm (with model.name=gpt); "
+                "see configs/mlm-imdb.yaml and configs/gpt-imdb.yaml"
+            )
+        run = api.train(cfg, args.out)
     if run is None:  # a torchrun rank other than 0: rank 0 reports
         return 0
     report = json.loads((run / "report.json").read_text())
     test = report["test"]
-    print(
-        f"test accuracy {test['accuracy']:.4f}  f1_macro {test['f1_macro']:.4f}  "
-        f"precision_macro {test['precision_macro']:.4f}  recall_macro {test['recall_macro']:.4f}  "
+    done = (
         f"({report['train_seconds']:.0f} s, {report['params']:,} params, best epoch {report['best_epoch']})"
     )
+    if "perplexity" in test:
+        print(
+            f"test loss {test['loss']:.4f}  perplexity {test['perplexity']:.2f}  token accuracy "
+            f"{test['accuracy']:.4f}  {done}"
+        )
+        if (run / "hf").is_dir():
+            print(f"hf:          {run / 'hf'}  (AutoModel.from_pretrained reads it)")
+    else:
+        print(
+            f"test accuracy {test['accuracy']:.4f}  f1_macro {test['f1_macro']:.4f}  "
+            f"precision_macro {test['precision_macro']:.4f}  recall_macro {test['recall_macro']:.4f}  {done}"
+        )
     print(f"run:         {run}")
     print(f"report:      {run / 'report.json'}")
     print(f"tensorboard: tensorboard --logdir {run}")
+    return 0
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    return _train(args, pretrain=True)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from bigmodel import api
+
+    print(
+        api.generate(
+            args.run, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed
+        )
+    )
     return 0
 
 
@@ -116,6 +165,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     metrics = api.evaluate(args.run, args.split)
     if args.json:
         print(json.dumps(metrics, indent=2))
+        return 0
+    if "perplexity" in metrics:  # a language model
+        print(f"{args.split}: {metrics['count']} predicted tokens")
+        for key in ("loss", "perplexity", "accuracy"):
+            print(f"  {key:<16} {metrics[key]:.4f}")
         return 0
     print(f"{args.split}: {metrics['count']} examples")
     for key in ("accuracy", "precision_macro", "recall_macro", "f1_macro", "loss"):

@@ -48,6 +48,10 @@ class DataConfig(Section):
     vocab_size: int = Field(16000, gt=10, description="vocabulary of a trained tokenizer")
     lowercase: bool = Field(True, description="lowercase before a trained tokenizer")
     length_buckets: bool = Field(True, description="batch texts of similar length together when training")
+    objective: Literal["classify", "mlm", "clm"] = Field(
+        "classify", description="classify labels, or pretrain on the texts alone: masked or causal LM"
+    )
+    mask_prob: float = Field(0.15, gt=0.0, lt=1.0, description="mlm: share of tokens to predict")
 
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:

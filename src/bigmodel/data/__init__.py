@@ -16,11 +16,15 @@ TEXT_SUFFIXES = (".csv", ".tsv", ".jsonl")
 def is_text(cfg: DataConfig) -> bool:
     if cfg.path is not None:
         return cfg.path.lower().endswith(TEXT_SUFFIXES)
-    return cfg.name in TEXT_NAMES
+    return all(name in TEXT_NAMES for name in (cfg.name or "").split("+"))
 
 
 def build_data(cfg: DataConfig) -> DataBundle:
     """Read, split and describe the configured data; every kind ends as a ``DataBundle``."""
+    if cfg.objective != "classify":
+        from bigmodel.data.lm import build_lm_data
+
+        return build_lm_data(cfg)
     if is_text(cfg):
         from bigmodel.data.text import build_text_data
 

@@ -92,7 +92,7 @@ class BatchLoader:
             if self.shuffle:  # training: this batch's own augmentation stream
                 batch_gen = torch.Generator().manual_seed((self.seed * 100_003 + self.epoch) * 1_000_003 + i)
             batch = self.transform(part.features, batch_gen)
-            batch["labels"] = part.labels
+            batch.setdefault("labels", part.labels)  # a masking transform makes its own
             if self.world_size > 1:
                 share = len(part) // self.world_size
                 mine = slice(self.rank * share, (self.rank + 1) * share)

@@ -80,11 +80,11 @@ def build_text_data(cfg: DataConfig) -> DataBundle:
     Empty or whitespace-only texts are skipped with one warning line rather than failing the whole file:
     exported spreadsheets often hold a few blank rows, and an empty text carries nothing to learn.
     """
-    table = _read_named(cfg.name) if cfg.path is None else _read_path(cfg)
-    train, val, test = _split(table, cfg.split_seed)
+    table = read_table(cfg)
+    train, val, test = split_indices(table, cfg.split_seed)
     if cfg.limit is not None:
         train = train[: cfg.limit]
-    tokenizer = _tokenizer(cfg, [table.texts[i] for i in train])
+    tokenizer = text_tokenizer(cfg, [table.texts[i] for i in train])
     max_length = cfg.max_length
     splits: dict[str, TensorSplit] = {}
     truncated = 0
@@ -143,6 +143,10 @@ def _clean(text: str) -> str:
 
 
 # --- reading -------------------------------------------------------------------------------------------
+
+
+def read_table(cfg: DataConfig) -> _Table:
+    return _read_named(cfg.name) if cfg.path is None else _read_path(cfg)
 
 
 def _read_named(name: str | None) -> _Table:
@@ -296,7 +300,7 @@ def _label_key(label: Any, line: int, path: Path) -> str:
 # --- splitting ----------------------------------------------------------------------------------------
 
 
-def _split(table: _Table, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def split_indices(table: _Table, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Stratified 80/10/10 train/val/test indices, each in file order (reading order is easy to check)."""
     from sklearn.model_selection import train_test_split
 
@@ -331,7 +335,7 @@ def _split(table: _Table, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray
 # --- tokenizing ---------------------------------------------------------------------------------------
 
 
-def _tokenizer(cfg: DataConfig, train_texts: list[str]) -> Any:
+def text_tokenizer(cfg: DataConfig, train_texts: list[str]) -> Any:
     """A trained or loaded tokenizer as a transformers tokenizer: it saves and reloads the same way.
 
     A loaded tokenizer keeps its own vocabulary and normalization: data.vocab_size and data.lowercase

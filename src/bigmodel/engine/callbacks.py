@@ -11,7 +11,7 @@ from typing import Any
 from tqdm import tqdm
 
 from bigmodel.engine.checkpoint import prune_checkpoints, save_checkpoint
-from bigmodel.engine.trainer import Callback, Trainer
+from bigmodel.engine.trainer import LANGUAGE_MODELLING, Callback, Trainer
 
 
 def _improved(value: float, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
@@ -32,11 +32,14 @@ class ProgressBar(Callback):
         self.bar: tqdm | None = None
 
     def on_batch_end(self, trainer: Trainer, loss: float, size: int) -> None:
+        # Language models count tokens (their blocks are full): tokens/s is the figure that compares.
+        per_example = trainer.data.info.input_shape[0] if trainer.data.info.kind in LANGUAGE_MODELLING else 1
+        size *= per_example
         if self.bar is None:
             self.bar = tqdm(
-                total=trainer.train_loader.num_examples,
+                total=trainer.train_loader.num_examples * per_example,
                 desc=f"epoch {trainer.epoch + 1}/{trainer.cfg.train.epochs}",
-                unit="ex",
+                unit="tok" if per_example > 1 else "ex",
                 unit_scale=True,
                 file=sys.stderr,
                 leave=False,
@@ -59,7 +62,9 @@ class ProgressBar(Callback):
             f"epoch {metrics['epoch']:>3}/{trainer.cfg.train.epochs}  "
             f"loss {metrics['train/loss']:.4f}  train acc {metrics['train/accuracy']:.4f}  "
             f"val loss {metrics['val/loss']:.4f}  val acc {metrics['val/accuracy']:.4f}  "
-            f"{metrics['train/samples_per_s']:.0f} ex/s  {metrics['train/epoch_seconds']:.1f}s",
+            f"{metrics['train/samples_per_s']:.0f} ex/s  "
+            + (f"{metrics['train/tokens_per_s']:.0f} tok/s  " if "train/tokens_per_s" in metrics else "")
+            + f"{metrics['train/epoch_seconds']:.1f}s",
             file=sys.stderr,
         )
 

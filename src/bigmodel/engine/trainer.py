@@ -46,8 +46,16 @@ from bigmodel.engine.device import autocast, resolve_device, resolve_precision, 
 from bigmodel.engine.distributed import any_rank, gather_objects, init_world, sum_across, world_from_env
 from bigmodel.engine.optim import build_optimizer, build_scheduler
 from bigmodel.errors import Interrupted, UserError
-from bigmodel.evaluation.metrics import classification_metrics, summary
+from bigmodel.evaluation.metrics import (
+    IGNORE,
+    classification_metrics,
+    language_model_metrics,
+    language_model_sums,
+    summary,
+)
 
+LANGUAGE_MODELLING = ("mlm", "clm")  # DataInfo.kind of pretraining data
+EPOCH_SUMS = ("loss", "targets", "examples", "tokens")  # summed over an epoch, across ranks
 FULL = StateDictOptions(full_state_dict=True)  # FSDP: whole tensors, not this rank's shard
 FULL_ON_CPU = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
@@ -89,6 +97,23 @@ def move(batch: Batch, device: torch.device, channels_last: bool) -> Batch:
             value = value.contiguous(memory_format=torch.channels_last)
         out[key] = value
     return out
+
+
+@torch.inference_mode()
+def language_model_eval(
+    model: nn.Module, loader: BatchLoader, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    """Summed loss, predicted tokens and correct predictions over ``loader`` (see language_model_sums)."""
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(3, dtype=torch.float64)
+    for batch in loader:
+        batch = move(batch, device, False)
+        labels = batch.pop("labels")
+        with autocast(device, dtype):
+            sums += language_model_sums(model(**batch), labels)
+    model.train(was_training)
+    return sums
 
 
 @torch.inference_mode()
@@ -168,7 +193,7 @@ class Trainer:
         self._stop_request: str | None = None
         self._signal: int | None = None
         # Sums over the current epoch so far, kept here so that a mid-epoch checkpoint holds them.
-        self._loss_sum, self._seen = 0.0, 0
+        self._sums = dict.fromkeys(EPOCH_SUMS, 0.0)
         self._correct = torch.zeros((), dtype=torch.int64, device=self.device)  # summed without a sync
         self._epoch_seconds_before = 0.0  # of the current epoch, before a resume
         self._elapsed_before = 0.0  # of the whole run, before a resume
@@ -226,7 +251,12 @@ class Trainer:
             with self.forward_model.no_sync() if quiet else contextlib.nullcontext():
                 with autocast(self.device, self.dtype):
                     logits = self.forward_model(**batch)
-                loss = F.cross_entropy(logits.float(), labels, label_smoothing=tc.label_smoothing)
+                loss = F.cross_entropy(
+                    logits.float().flatten(0, -2),  # (examples or tokens, classes or vocabulary)
+                    labels.flatten(),
+                    ignore_index=IGNORE,
+                    label_smoothing=tc.label_smoothing,
+                )
                 self.scaler.scale(loss / tc.grad_accum).backward()
             value = loss.item()
             if not math.isfinite(value):
@@ -234,9 +264,13 @@ class Trainer:
                     f"loss became {value} at epoch {self.epoch + 1}, step {self.step}; "
                     "lower optim.lr or set train.grad_clip"
                 )
-            self._loss_sum += value * len(labels)
-            self._correct += (logits.argmax(dim=1) == labels).sum()
-            self._seen += len(labels)
+            targets = labels != IGNORE  # every label of a classifier; the predicted tokens of an LM
+            n_targets = int(targets.sum())
+            self._sums["loss"] += value * n_targets
+            self._sums["targets"] += n_targets
+            self._sums["examples"] += len(labels)
+            self._sums["tokens"] += int(batch["attention_mask"].sum()) if "attention_mask" in batch else 0
+            self._correct += ((logits.argmax(dim=-1) == labels) & targets).sum()
             self._emit("on_batch_end", value, len(labels))
             if boundary:
                 self._optimizer_step()
@@ -244,18 +278,18 @@ class Trainer:
                 self._emit("on_step_end")
                 self._stop_if_signalled()
         seconds = time.perf_counter() - self._epoch_clock
-        loss_sum, correct, seen = sum_across(
-            torch.tensor([self._loss_sum, float(self._correct), float(self._seen)], dtype=torch.float64)
-        ).tolist()
-        self._loss_sum, self._seen, self._epoch_seconds_before = 0.0, 0, 0.0
+        totals = sum_across(torch.tensor([*self._sums.values(), float(self._correct)], dtype=torch.float64))
+        sums = dict(zip([*EPOCH_SUMS, "correct"], totals.tolist(), strict=True))
+        self._sums, self._epoch_seconds_before = dict.fromkeys(EPOCH_SUMS, 0.0), 0.0
         self._correct.zero_()
-        return {
-            "train/loss": loss_sum / max(seen, 1),
-            "train/accuracy": correct / max(seen, 1),
-            "train/samples_per_s": seen / seconds,
-            "train/epoch_seconds": seconds,
-            "lr": self.optimizer.param_groups[0]["lr"],
+        metrics = {
+            "train/loss": sums["loss"] / max(sums["targets"], 1),
+            "train/accuracy": sums["correct"] / max(sums["targets"], 1),
+            "train/samples_per_s": sums["examples"] / seconds,
         }
+        if sums["tokens"]:
+            metrics["train/tokens_per_s"] = sums["tokens"] / seconds
+        return {**metrics, "train/epoch_seconds": seconds, "lr": self.optimizer.param_groups[0]["lr"]}
 
     def _optimizer_step(self) -> None:
         if self.cfg.train.grad_clip is not None:
@@ -302,13 +336,15 @@ class Trainer:
     # -- evaluation -----------------------------------------------------------------------------
     def _evaluate_val(self) -> dict[str, Any]:
         """Each rank predicts its shard of the validation split; the metrics are of all of it."""
+        if self.data.info.kind in LANGUAGE_MODELLING:
+            sums = language_model_eval(self.model, self.val_loader, self.device, self.dtype)
+            return language_model_metrics(sums if self.sharded else sum_across(sums))
         logits, labels = predict_logits(
             self.model, self.val_loader, self.device, self.dtype, self.channels_last
         )
-        if self.sharded:
-            return classification_metrics(logits, labels, self.data.info.classes)
-        shards = gather_objects((logits, labels))
-        logits, labels = torch.cat([s[0] for s in shards]), torch.cat([s[1] for s in shards])
+        if not self.sharded:
+            shards = gather_objects((logits, labels))
+            logits, labels = torch.cat([s[0] for s in shards]), torch.cat([s[1] for s in shards])
         return classification_metrics(logits, labels, self.data.info.classes)
 
     def example_features(self) -> Batch:
@@ -322,8 +358,17 @@ class Trainer:
         and only rank 0 gets them."""
         if self.sharded:
             return get_model_state_dict(self.model, options=FULL_ON_CPU)
-        # contiguous(): channels-last kernels are strided views, and safetensors stores dense tensors.
-        return {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        # contiguous(): channels-last kernels are strided views, and safetensors stores dense tensors;
+        # a tied weight (an LM's output layer is its embedding) is stored under each name, as a copy,
+        # since safetensors refuses two names for one storage.
+        tensors, storages = {}, set()
+        for key, value in self.model.state_dict().items():
+            value = value.detach().cpu().contiguous()
+            if value.untyped_storage().data_ptr() in storages:
+                value = value.clone()
+            storages.add(value.untyped_storage().data_ptr())
+            tensors[key] = value
+        return tensors
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue bit for bit. Under torchrun every rank must call it (each
@@ -333,9 +378,8 @@ class Trainer:
             "step": self.step,
             "batch_in_epoch": self.batch_in_epoch,
             "epoch_sums": {
-                "loss": self._loss_sum,
+                **self._sums,
                 "correct": int(self._correct),
-                "seen": self._seen,
                 "seconds": time.perf_counter() - self._epoch_clock if self.batch_in_epoch else 0.0,
             },
             "elapsed": self.elapsed(),
@@ -357,7 +401,7 @@ class Trainer:
         self.step = state["step"]
         self.batch_in_epoch = state["batch_in_epoch"]
         sums = state["epoch_sums"]
-        self._loss_sum, self._seen = sums["loss"], sums["seen"]
+        self._sums = {key: sums[key] for key in EPOCH_SUMS}
         self._correct.fill_(sums["correct"])
         self._epoch_seconds_before = sums["seconds"]
         self._elapsed_before = state["elapsed"]

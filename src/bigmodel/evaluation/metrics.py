@@ -1,7 +1,9 @@
-"""Classification metrics, computed with torchmetrics from gathered logits and labels."""
+"""Metrics: a classifier's from gathered logits and labels with torchmetrics; a language model's as
+sums over the batches (its logits, one row per token, are far too many to gather)."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -14,7 +16,8 @@ from torchmetrics.functional.classification import (
     multiclass_recall,
 )
 
-SUMMARY_KEYS = ("loss", "accuracy", "f1_macro", "precision_macro", "recall_macro")
+SUMMARY_KEYS = ("loss", "accuracy", "f1_macro", "precision_macro", "recall_macro", "perplexity")
+IGNORE = -100  # the label of a position that is not predicted (PyTorch and Hugging Face use it too)
 
 
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict[str, Any]:
@@ -43,4 +46,25 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, classes: 
 
 
 def summary(metrics: dict[str, Any]) -> dict[str, float]:
-    return {key: metrics[key] for key in SUMMARY_KEYS}
+    return {key: metrics[key] for key in SUMMARY_KEYS if key in metrics}
+
+
+def language_model_sums(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(summed cross-entropy, predicted tokens, correct predictions) of one batch, float64."""
+    targets = labels != IGNORE
+    flat = logits.float().flatten(0, -2)
+    loss = F.cross_entropy(flat, labels.flatten(), ignore_index=IGNORE, reduction="sum")
+    correct = ((logits.argmax(dim=-1) == labels) & targets).sum()
+    return torch.stack([loss.double(), targets.sum().double(), correct.double()]).cpu()
+
+
+def language_model_metrics(sums: torch.Tensor) -> dict[str, Any]:
+    """Mean loss per predicted token, its perplexity (exp of the loss) and the token accuracy."""
+    loss_sum, targets, correct = sums.tolist()
+    loss = loss_sum / max(targets, 1)
+    return {
+        "loss": loss,
+        "perplexity": math.exp(min(loss, 700.0)),
+        "accuracy": correct / max(targets, 1),
+        "count": int(targets),
+    }

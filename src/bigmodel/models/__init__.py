@@ -22,8 +22,14 @@ from bigmodel.errors import UserError
 
 Builder = Callable[..., nn.Module]
 _REGISTRY: dict[str, Builder] = {}
-_KIND: dict[str, str] = {}  # model name → the kind of data it classifies ("image" or "text")
-_NOUN = {"image": "images", "text": "text"}
+_KIND: dict[str, str] = {}  # model name → the kind of data it learns from (DataInfo.kind)
+_TASK = {
+    "image": "classifies images",
+    "text": "classifies text",
+    "mlm": "is pretrained with data.objective=mlm",
+    "clm": "is pretrained with data.objective=clm",
+}
+_DATA = {"image": "images", "text": "text to classify", "mlm": "masked-LM text", "clm": "causal-LM text"}
 
 
 def register_model(name: str, kind: str) -> Callable[[Builder], Builder]:
@@ -52,7 +58,7 @@ def build_model(cfg: ModelConfig, info: DataInfo) -> nn.Module:
     if _KIND[cfg.name] != info.kind:
         fitting = ", ".join(n for n in sorted(_REGISTRY) if _KIND[n] == info.kind)
         raise UserError(
-            f"model {cfg.name!r} classifies {_NOUN[_KIND[cfg.name]]}, but the data is {info.kind}; "
+            f"model {cfg.name!r} {_TASK[_KIND[cfg.name]]}, but the data is {_DATA[info.kind]}; "
             f"choose one of {fitting}"
         )
     allowed = model_settings(cfg.name)
@@ -83,4 +89,4 @@ def _builder(name: str) -> Builder:
 
 def _load_families() -> None:
     # Importing a family module registers its builders.
-    from bigmodel.models import bert, sequence, vision  # noqa: F401
+    from bigmodel.models import bert, lm, sequence, vision  # noqa: F401

@@ -1,0 +1,90 @@
+"""Language models to pretrain: a BERT with its masked-LM head, and a GPT-2-style decoder.
+
+Both are Hugging Face models built from a config (``BertForMaskedLM``, ``GPT2LMHeadModel``), so the
+pretrained result is saved with ``save_pretrained`` and loads anywhere with ``from_pretrained``.
+Same contract as every model here: ``forward(input_ids, attention_mask)`` → logits, here (B, L, vocab),
+one prediction per position; the loop's cross-entropy skips the positions labelled -100.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from bigmodel.data.bundle import DataInfo
+from bigmodel.errors import UserError
+from bigmodel.models import register_model
+
+
+class LanguageModel(nn.Module):
+    def __init__(self, hf: Any):
+        super().__init__()
+        self.hf = hf  # the Hugging Face model: what RUN/hf/ holds
+
+    @property
+    def embeddings(self) -> nn.Embedding:
+        return self.hf.get_input_embeddings()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.hf(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+def _check_heads(hidden_size: int, heads: int) -> None:
+    if heads <= 0 or hidden_size % heads:
+        raise UserError(f"model.hidden_size={hidden_size} must be a multiple of model.heads={heads}")
+
+
+@register_model("bert-mlm", "mlm")
+def bert_mlm(
+    info: DataInfo,
+    hidden_size: int = 256,
+    layers: int = 4,
+    heads: int = 4,
+    intermediate_size: int = 1024,
+    dropout: float = 0.1,
+) -> nn.Module:
+    """The ``bert`` classifier's encoder (same default size) with BERT's masked-LM head, whose output
+    layer shares the word embeddings; fine-tune it with ``model.name=bert model.pretrained=RUN/hf``."""
+    _check_heads(hidden_size, heads)
+    from transformers import BertConfig, BertForMaskedLM
+
+    config = BertConfig(
+        vocab_size=info.vocab_size,
+        hidden_size=hidden_size,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=intermediate_size,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+        max_position_embeddings=info.input_shape[0],
+        pad_token_id=info.pad_token_id,
+        attn_implementation="sdpa",
+    )
+    return LanguageModel(BertForMaskedLM(config))
+
+
+@register_model("gpt", "clm")
+def gpt(
+    info: DataInfo, hidden_size: int = 256, layers: int = 4, heads: int = 4, dropout: float = 0.1
+) -> nn.Module:
+    """A GPT-2 decoder (pre-LN blocks, learned positions, output layer tied to the embeddings)."""
+    _check_heads(hidden_size, heads)
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(
+        vocab_size=info.vocab_size,
+        n_positions=info.input_shape[0],
+        n_embd=hidden_size,
+        n_layer=layers,
+        n_head=heads,
+        resid_pdrop=dropout,
+        embd_pdrop=dropout,
+        attn_pdrop=dropout,
+        pad_token_id=info.pad_token_id,
+        bos_token_id=None,  # GPT-2's own 50256 lies outside a trained vocabulary; the run's tokenizer
+        eos_token_id=None,  # sets them on export (RUN/hf) and at generation
+        attn_implementation="sdpa",
+    )
+    return LanguageModel(GPT2LMHeadModel(config))
