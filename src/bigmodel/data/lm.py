@@ -49,7 +49,13 @@ class MaskTokens:
         random_ids = torch.randint(self.vocab_size, ids.shape, generator=gen)
         masked = torch.where(chosen & (action < 0.8), self.mask_id, ids)
         masked = torch.where(chosen & (action >= 0.8) & (action < 0.9), random_ids, masked)
-        return {"input_ids": masked, "attention_mask": torch.ones_like(masked), "labels": labels}
+        # prediction_mask: the model computes the vocabulary logits at these 15 % of positions only.
+        return {
+            "input_ids": masked,
+            "attention_mask": torch.ones_like(masked),
+            "prediction_mask": chosen,
+            "labels": labels,
+        }
 
 
 def as_model_inputs(
@@ -57,7 +63,7 @@ def as_model_inputs(
 ) -> dict[str, torch.Tensor]:
     """Packed blocks have no padding: every position is attended to."""
     ids = features["input_ids"].long()
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    return {**features, "input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
 
 def build_lm_data(cfg: DataConfig) -> DataBundle:
@@ -82,7 +88,10 @@ def build_lm_data(cfg: DataConfig) -> DataBundle:
             name: masker({"input_ids": splits[name]}, _eval_generator()) for name in ("val", "test")
         }
         ready = {
-            name: TensorSplit({"input_ids": e["input_ids"]}, e["labels"]) for name, e in evaluation.items()
+            name: TensorSplit(
+                {"input_ids": e["input_ids"], "prediction_mask": e["prediction_mask"]}, e["labels"]
+            )
+            for name, e in evaluation.items()
         }
         ready["train"] = TensorSplit({"input_ids": splits["train"]}, torch.zeros(len(splits["train"])))
         train_transform = masker

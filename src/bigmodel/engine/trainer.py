@@ -51,6 +51,7 @@ from bigmodel.evaluation.metrics import (
     classification_metrics,
     language_model_metrics,
     language_model_sums,
+    predicted_labels,
     summary,
 )
 
@@ -251,9 +252,10 @@ class Trainer:
             with self.forward_model.no_sync() if quiet else contextlib.nullcontext():
                 with autocast(self.device, self.dtype):
                     logits = self.forward_model(**batch)
+                predicted = predicted_labels(logits, labels)
                 loss = F.cross_entropy(
                     logits.float().flatten(0, -2),  # (examples or tokens, classes or vocabulary)
-                    labels.flatten(),
+                    predicted.flatten(),
                     ignore_index=IGNORE,
                     label_smoothing=tc.label_smoothing,
                 )
@@ -264,13 +266,13 @@ class Trainer:
                     f"loss became {value} at epoch {self.epoch + 1}, step {self.step}; "
                     "lower optim.lr or set train.grad_clip"
                 )
-            targets = labels != IGNORE  # every label of a classifier; the predicted tokens of an LM
+            targets = predicted != IGNORE  # every label of a classifier; the predicted tokens of an LM
             n_targets = int(targets.sum())
             self._sums["loss"] += value * n_targets
             self._sums["targets"] += n_targets
             self._sums["examples"] += len(labels)
             self._sums["tokens"] += int(batch["attention_mask"].sum()) if "attention_mask" in batch else 0
-            self._correct += ((logits.argmax(dim=-1) == labels) & targets).sum()
+            self._correct += ((logits.argmax(dim=-1) == predicted) & targets).sum()
             self._emit("on_batch_end", value, len(labels))
             if boundary:
                 self._optimizer_step()

@@ -49,8 +49,17 @@ def summary(metrics: dict[str, Any]) -> dict[str, float]:
     return {key: metrics[key] for key in SUMMARY_KEYS if key in metrics}
 
 
+def predicted_labels(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The labels that ``logits`` predict: all of them, or, when the model computed logits only at the
+    predicted positions (masked LM: (N, vocab) for labels (B, L)), those positions' labels in order."""
+    if logits.dim() == 2 and labels.dim() == 2:
+        return labels[labels != IGNORE]
+    return labels
+
+
 def language_model_sums(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """(summed cross-entropy, predicted tokens, correct predictions) of one batch, float64."""
+    labels = predicted_labels(logits, labels)
     targets = labels != IGNORE
     flat = logits.float().flatten(0, -2)
     loss = F.cross_entropy(flat, labels.flatten(), ignore_index=IGNORE, reduction="sum")

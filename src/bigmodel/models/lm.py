@@ -27,8 +27,23 @@ class LanguageModel(nn.Module):
     def embeddings(self) -> nn.Embedding:
         return self.hf.get_input_embeddings()
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.hf(input_ids=input_ids, attention_mask=attention_mask).logits
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        prediction_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits (B, L, vocab); with ``prediction_mask`` (masked LM), only those of the masked
+        positions, (N, vocab) in row-major order: the vocabulary layer is most of the cost of a small
+        BERT, and 85 % of its outputs would be thrown away."""
+        if attention_mask is not None and bool(
+            attention_mask.all()
+        ):  # packed blocks: no mask lets SDPA use its fast kernels
+            attention_mask = None
+        if prediction_mask is None:
+            return self.hf(input_ids=input_ids, attention_mask=attention_mask).logits
+        hidden = self.hf.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.hf.cls(hidden[prediction_mask.bool()])
 
 
 def _check_heads(hidden_size: int, heads: int) -> None:
