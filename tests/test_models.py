@@ -60,7 +60,7 @@ def test_settings_change_the_model():
     [
         (
             ModelConfig(name="resnet50"),
-            "unknown model.name='resnet50' (did you mean resnet?); choose one of attention, bert, bow, cnn,",
+            "unknown model.name='resnet50' (did you mean resnet?); choose one of attention, bert, bert-mlm,",
         ),
         (
             ModelConfig(name="cnn", widht=3),

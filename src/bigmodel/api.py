@@ -17,7 +17,7 @@ from bigmodel.data import BatchLoader, DataBundle, build_data
 from bigmodel.engine.callbacks import Checkpoints, EarlyStopping, MetricsJsonl, ProgressBar, TensorBoard
 from bigmodel.engine.checkpoint import latest_good_checkpoint, load_state, load_weights, step_checkpoints
 from bigmodel.engine.device import resolve_device, resolve_precision, seed_everything
-from bigmodel.engine.distributed import close_world, is_peer_failure
+from bigmodel.engine.distributed import close_world, is_peer_failure, leave_together
 from bigmodel.engine.trainer import (
     LANGUAGE_MODELLING,
     Callback,
@@ -52,15 +52,16 @@ def train(cfg: Config, out: str | Path | None = None) -> Path | None:
         trainer = Trainer(model, data, cfg)  # joins the torchrun job, if any
         paths = RunPaths(new_run_dir(cfg.name or "run", out)) if trainer.world.is_main else None
         trainer.callbacks = _callbacks(cfg, paths)
-        if paths is None:
-            return _fit_and_report(trainer, paths)
-        write_run_files(paths, cfg, data)
+        if paths is not None:
+            write_run_files(paths, cfg, data)
         try:
-            return _fit_and_report(trainer, paths)
+            run = _fit_and_report(trainer, paths)
         except BaseException:
-            if not step_checkpoints(paths.checkpoints):
+            if paths is not None and not step_checkpoints(paths.checkpoints):
                 shutil.rmtree(paths.root)  # nothing worth keeping: leave no half-written run behind
             raise
+        leave_together()
+        return run
     finally:
         close_world()
 
@@ -97,7 +98,9 @@ def resume(run: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Path
                 else (f"the end of epoch {trainer.epoch}")
             )
             print(f"resuming {paths.root} from {ckpt.tag} (step {trainer.step}, {where})", file=sys.stderr)
-        return _fit_and_report(trainer, paths if main else None)
+        run = _fit_and_report(trainer, paths if main else None)
+        leave_together()
+        return run
     finally:
         close_world()
 

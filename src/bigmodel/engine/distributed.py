@@ -58,6 +58,13 @@ def init_world(world: World, device: torch.device, timeout_s: float = 600.0) -> 
     return device
 
 
+def leave_together() -> None:
+    """Wait until every rank is here (rank 0 has written its report), so that no rank tears down the
+    process group while another still runs; only on success, since a failed rank may be mid-collective."""
+    if dist.is_initialized():
+        dist.barrier()
+
+
 def close_world() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
