@@ -48,6 +48,7 @@ def train(cfg: Config, out: str | Path | None = None) -> Path | None:
     them leaves nothing behind.
     """
     data, model = _prepare(cfg)
+    trainer = None
     try:
         trainer = Trainer(model, data, cfg)  # joins the torchrun job, if any
         paths = RunPaths(new_run_dir(cfg.name or "run", out)) if trainer.world.is_main else None
@@ -63,6 +64,7 @@ def train(cfg: Config, out: str | Path | None = None) -> Path | None:
         leave_together()
         return run
     finally:
+        del trainer, model  # the DDP model goes before the process group (see close_world)
         close_world()
 
 
@@ -83,6 +85,7 @@ def resume(run: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Path
     state = load_state(ckpt)
     data, model = _prepare(cfg, paths)
     load_weights(model, ckpt.weights)
+    trainer = None
     try:
         trainer = Trainer(model, data, cfg)
         main = trainer.world.is_main
@@ -102,6 +105,7 @@ def resume(run: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Path
         leave_together()
         return run
     finally:
+        del trainer, model  # the DDP model goes before the process group (see close_world)
         close_world()
 
 

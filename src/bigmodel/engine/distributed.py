@@ -8,6 +8,7 @@ loop has a single code path. gloo on the CPU, NCCL on CUDA.
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -66,7 +67,11 @@ def leave_together() -> None:
 
 
 def close_world() -> None:
+    """Leave the process group. Call it after dropping the DDP model: its reducer, freed later with the
+    group already gone, would destroy the group from a destructor that holds the GIL while gloo's
+    threads wait for it (a deadlock seen here at exit)."""
     if dist.is_initialized():
+        gc.collect()  # the DDP wrapper sits in reference cycles: free it while the group still exists
         dist.destroy_process_group()
 
 
