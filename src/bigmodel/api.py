@@ -95,11 +95,9 @@ def resume(run: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Path
             # Epochs after the checkpoint may have been logged before a crash: the checkpoint is the truth.
             paths.metrics.write_text("".join(json.dumps(m) + "\n" for m in trainer.history), encoding="utf-8")
             write_run_files(paths, cfg, data)
-            where = (
-                f"epoch {trainer.epoch + 1}, batch {trainer.batch_in_epoch}"
-                if trainer.batch_in_epoch
-                else (f"the end of epoch {trainer.epoch}")
-            )
+            where = f"the end of epoch {trainer.epoch}"
+            if trainer.batch_in_epoch:
+                where = f"epoch {trainer.epoch + 1}, batch {trainer.batch_in_epoch}"
             print(f"resuming {paths.root} from {ckpt.tag} (step {trainer.step}, {where})", file=sys.stderr)
         run = _fit_and_report(trainer, paths if main else None)
         leave_together()

@@ -80,8 +80,9 @@ class BatchLoader:
     def iter_from(self, start: int) -> Iterator[Batch]:
         """The batches of the current epoch from batch ``start`` on, as if the first ones were drawn."""
         order: torch.Tensor | None = None
+        epoch_seed = self.seed * 100_003 + self.epoch
         if self.shuffle:
-            gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            gen = torch.Generator().manual_seed(epoch_seed)
             order = torch.randperm(len(self.split), generator=gen)
             if self.lengths is not None:
                 order = self._bucketed(order, gen)
@@ -90,7 +91,7 @@ class BatchLoader:
             part = self.split.take(order[window] if order is not None else window)
             batch_gen = None
             if self.shuffle:  # training: this batch's own augmentation stream
-                batch_gen = torch.Generator().manual_seed((self.seed * 100_003 + self.epoch) * 1_000_003 + i)
+                batch_gen = torch.Generator().manual_seed(epoch_seed * 1_000_003 + i)
             batch = self.transform(part.features, batch_gen)
             batch.setdefault("labels", part.labels)  # a masking transform makes its own
             if self.world_size > 1:

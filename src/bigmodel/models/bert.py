@@ -65,6 +65,31 @@ def load_pretrained(name: str) -> Any:
         ) from None
 
 
+def check_heads(hidden_size: int, heads: int) -> None:
+    if heads <= 0 or hidden_size % heads:
+        raise UserError(f"model.hidden_size={hidden_size} must be a multiple of model.heads={heads}")
+
+
+def bert_config(
+    info: DataInfo, hidden_size: int, layers: int, heads: int, intermediate_size: int, **extra: Any
+) -> Any:
+    """The ``BertConfig`` of a BERT sized by these settings and by the data (vocabulary, length)."""
+    check_heads(hidden_size, heads)
+    from transformers import BertConfig
+
+    return BertConfig(
+        vocab_size=info.vocab_size,
+        hidden_size=hidden_size,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=intermediate_size,
+        max_position_embeddings=info.input_shape[0],  # positions are learned; the data never runs longer
+        pad_token_id=info.pad_token_id,
+        attn_implementation="sdpa",
+        **extra,
+    )
+
+
 @register_model("bert", "text")
 def bert(
     info: DataInfo,
@@ -93,18 +118,7 @@ def bert(
             )
         return BertClassifier(encoder, info.num_classes, dropout)
 
-    if heads <= 0 or hidden_size % heads:
-        raise UserError(f"model.hidden_size={hidden_size} must be a multiple of model.heads={heads}")
-    from transformers import BertConfig, BertModel  # imported here: transformers takes seconds to import
+    from transformers import BertModel  # imported here: transformers takes seconds to import
 
-    config = BertConfig(
-        vocab_size=info.vocab_size,
-        hidden_size=hidden_size,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        intermediate_size=intermediate_size,
-        max_position_embeddings=max_length,  # positions are learned; the data never runs longer
-        pad_token_id=info.pad_token_id,
-        attn_implementation="sdpa",
-    )
+    config = bert_config(info, hidden_size, layers, heads, intermediate_size)
     return BertClassifier(BertModel(config), info.num_classes, dropout)

@@ -14,8 +14,8 @@ import torch
 import torch.nn as nn
 
 from bigmodel.data.bundle import DataInfo
-from bigmodel.errors import UserError
 from bigmodel.models import register_model
+from bigmodel.models.bert import bert_config, check_heads
 
 
 class LanguageModel(nn.Module):
@@ -46,11 +46,6 @@ class LanguageModel(nn.Module):
         return self.hf.cls(hidden[prediction_mask.bool()])
 
 
-def _check_heads(hidden_size: int, heads: int) -> None:
-    if heads <= 0 or hidden_size % heads:
-        raise UserError(f"model.hidden_size={hidden_size} must be a multiple of model.heads={heads}")
-
-
 @register_model("bert-mlm", "mlm")
 def bert_mlm(
     info: DataInfo,
@@ -62,20 +57,16 @@ def bert_mlm(
 ) -> nn.Module:
     """The ``bert`` classifier's encoder (same default size) with BERT's masked-LM head, whose output
     layer shares the word embeddings; fine-tune it with ``model.name=bert model.pretrained=RUN/hf``."""
-    _check_heads(hidden_size, heads)
-    from transformers import BertConfig, BertForMaskedLM
+    from transformers import BertForMaskedLM
 
-    config = BertConfig(
-        vocab_size=info.vocab_size,
-        hidden_size=hidden_size,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        intermediate_size=intermediate_size,
+    config = bert_config(
+        info,
+        hidden_size,
+        layers,
+        heads,
+        intermediate_size,
         hidden_dropout_prob=dropout,
         attention_probs_dropout_prob=dropout,
-        max_position_embeddings=info.input_shape[0],
-        pad_token_id=info.pad_token_id,
-        attn_implementation="sdpa",
     )
     return LanguageModel(BertForMaskedLM(config))
 
@@ -85,7 +76,7 @@ def gpt(
     info: DataInfo, hidden_size: int = 256, layers: int = 4, heads: int = 4, dropout: float = 0.1
 ) -> nn.Module:
     """A GPT-2 decoder (pre-LN blocks, learned positions, output layer tied to the embeddings)."""
-    _check_heads(hidden_size, heads)
+    check_heads(hidden_size, heads)
     from transformers import GPT2Config, GPT2LMHeadModel
 
     config = GPT2Config(
