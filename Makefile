@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install install-dev data lint clean
+.PHONY: demo test install install-dev data browser lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,10 +28,20 @@ data:
 		$(BIN)/bigmodel data fetch fashion-mnist; \
 	fi
 
+# Headless Chromium and its WebDriver: the report tests open report.html in a real browser.
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 \
+		|| (apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null); \
+	else \
+		echo "the report tests need chromium and chromium-driver: install them (as root: apt-get install chromium chromium-driver)"; \
+	fi
+
 demo: install data
 	$(BIN)/bigmodel train
 
-test: install-dev data
+test: install-dev data browser
 	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=15
 
 lint: install-dev

@@ -28,6 +28,7 @@ from bigmodel.engine.trainer import (
 )
 from bigmodel.errors import Interrupted, UserError
 from bigmodel.evaluation.metrics import classification_metrics, language_model_metrics
+from bigmodel.evaluation.report import log_test_metrics
 from bigmodel.models import build_model
 from bigmodel.run import (
     Run,
@@ -182,6 +183,7 @@ def _fit_and_report(trainer: Trainer, paths: RunPaths | None) -> Path | None:
         "samples_per_s_median": _median([h["train/samples_per_s"] for h in history]),
     }
     write_json(paths.report, report)
+    log_test_metrics(paths.root, test, trainer.data.info.classes, trainer.epoch)
     if hasattr(best.model, "hf"):
         export_hf(best, trainer.data.tokenizer)
     return paths.root
@@ -212,6 +214,21 @@ def _median(values: list[float]) -> float:
 
 def evaluate(run: str | Path, split: str = "test") -> dict[str, Any]:
     """Metrics of a run's best checkpoint on one split of its data (rebuilt from its config)."""
+    loaded, data, device, dtype = _load_with_data(run)
+    return _metrics(loaded.model, data, split, loaded.config, device, dtype)
+
+
+def split_logits(run: str | Path, split: str = "test") -> tuple[Run, DataBundle, torch.Tensor, torch.Tensor]:
+    """A classifier run's best checkpoint, its rebuilt data, and the logits and labels of one split: for
+    tools that need more than the metrics (the report's mistakes and calibration)."""
+    loaded, data, device, dtype = _load_with_data(run)
+    loader = _loader(data, split, loaded.config)
+    logits, labels = predict_logits(loaded.model.to(device), loader, device, dtype)
+    return loaded, data, logits, labels
+
+
+def _load_with_data(run: str | Path) -> tuple[Run, DataBundle, torch.device, torch.dtype]:
+    """The best checkpoint, the data as it saw it, and the device and precision its config asks for."""
     loaded = Run.load(run)
     data = _build_run_data(loaded.config, loaded.paths)
     if data.info.classes != loaded.info.classes:  # labels are positions in this list: order matters too
@@ -221,18 +238,21 @@ def evaluate(run: str | Path, split: str = "test") -> dict[str, Any]:
             f"the run knows {', '.join(loaded.info.classes)}"
         )
     device = resolve_device(loaded.config.train.device)
-    dtype = resolve_precision(loaded.config.train.precision, device)
-    return _metrics(loaded.model, data, split, loaded.config, device, dtype)
+    return loaded, data, device, resolve_precision(loaded.config.train.precision, device)
 
 
 def _metrics(
     model: nn.Module, data: DataBundle, split: str, cfg: Config, device: torch.device, dtype: torch.dtype
 ) -> dict[str, Any]:
-    loader = BatchLoader(data.split(split), cfg.train.eval_batch_size, data.eval_transform)
+    loader = _loader(data, split, cfg)
     if data.info.kind in LANGUAGE_MODELLING:
         return language_model_metrics(language_model_eval(model.to(device), loader, device, dtype))
     logits, labels = predict_logits(model.to(device), loader, device, dtype)
     return classification_metrics(logits, labels, data.info.classes)
+
+
+def _loader(data: DataBundle, split: str, cfg: Config) -> BatchLoader:
+    return BatchLoader(data.split(split), cfg.train.eval_batch_size, data.eval_transform)
 
 
 def predict(run: str | Path, inputs: list[str], top_k: int = 3) -> list[dict[str, Any]]:
@@ -265,6 +285,23 @@ def predict(run: str | Path, inputs: list[str], top_k: int = 3) -> list[dict[str
         }
         for row, name in enumerate(inputs)
     ]
+
+
+def explain(
+    run: str | Path,
+    inputs: list[str],
+    out: str | Path | None = None,
+    target: str | None = None,
+    method: str = "integrated_gradients",
+    steps: int = 64,
+) -> list[tuple[Any, list[Path]]]:
+    """Attributions for each input (image files or texts, as for predict), drawn into ``out`` (default
+    ``RUN/explanations``); returns each ``Explanation`` with the files written for it."""
+    from bigmodel.evaluation.explain import explain_to_files
+
+    loaded = Run.load(run)
+    folder = Path(out) if out is not None else loaded.paths.root / "explanations"
+    return explain_to_files(loaded, inputs, folder, target, method, steps)
 
 
 def generate(

@@ -78,6 +78,28 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_predict)
 
+    p = sub.add_parser("explain", help="which pixels or tokens made the model choose its class (Captum)")
+    p.add_argument("run")
+    p.add_argument("inputs", nargs="*", metavar="IMAGE")
+    p.add_argument("-o", "--out", help="directory for the pictures and pages (default: RUN/explanations)")
+    p.add_argument("--text", action="append", default=[], help="a text to explain (repeatable)")
+    p.add_argument("--file", help="a UTF-8 file of texts, one per line")
+    p.add_argument("--method", choices=["integrated_gradients", "saliency"], default="integrated_gradients")
+    p.add_argument("--target", metavar="CLASS", help="the class to explain (default: the predicted one)")
+    p.add_argument("--steps", type=int, default=64, help="integrated gradients' interpolation steps")
+    p.set_defaults(handler=_explain)
+
+    p = sub.add_parser("report", help="one self-contained HTML page of a run: curves, metrics, mistakes")
+    p.add_argument("run")
+    p.add_argument("-o", "--out", help="the HTML file (default: RUN/report.html)")
+    p.add_argument("--mistakes", type=int, default=8, help="most confident test mistakes to explain")
+    p.set_defaults(handler=_report)
+
+    p = sub.add_parser("compare", help="runs side by side: a table here, overlaid curves in HTML")
+    p.add_argument("runs", nargs="+", metavar="RUN")
+    p.add_argument("-o", "--out", default="compare.html", help="the HTML file (default: compare.html)")
+    p.set_defaults(handler=_compare)
+
     p = sub.add_parser("models", help="list the models and their settings")
     p.set_defaults(handler=_models)
 
@@ -161,6 +183,7 @@ def _split_config_args(items: list[str]) -> tuple[str | None, list[str]]:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from bigmodel import api
+    from bigmodel.evaluation.metrics import SUMMARY_KEYS
 
     metrics = api.evaluate(args.run, args.split)
     if args.json:
@@ -172,13 +195,17 @@ def _evaluate(args: argparse.Namespace) -> int:
             print(f"  {key:<16} {metrics[key]:.4f}")
         return 0
     print(f"{args.split}: {metrics['count']} examples")
-    for key in ("accuracy", "precision_macro", "recall_macro", "f1_macro", "loss"):
-        print(f"  {key:<16} {metrics[key]:.4f}")
+    for key in SUMMARY_KEYS:
+        if key in metrics:
+            print(f"  {key:<20} {metrics[key]:.4f}")
     names = list(metrics["per_class"])
     width = max(len(n) for n in names) + 2
-    print(f"\n{'class':<{width}}{'precision':>10}{'recall':>10}{'f1':>10}")
+    columns = ("precision", "recall", "f1", "roc_auc", "support")
+    print(f"\n{'class':<{width}}" + "".join(f"{c:>10}" for c in columns))
     for name, row in metrics["per_class"].items():
-        print(f"{name:<{width}}{row['precision']:>10.4f}{row['recall']:>10.4f}{row['f1']:>10.4f}")
+        print(
+            f"{name:<{width}}" + "".join(f"{row[c]:>10.4f}" for c in columns[:-1]) + f"{row['support']:>10}"
+        )
     print("\nconfusion matrix (rows: true class, columns: predicted)")
     cells = max(len(str(v)) for row in metrics["confusion_matrix"] for v in row) + 1
     for name, row in zip(names, metrics["confusion_matrix"], strict=True):
@@ -186,26 +213,54 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _predict(args: argparse.Namespace) -> int:
-    from bigmodel import api
-
-    if args.top_k < 1:
-        raise UserError(f"--top-k must be at least 1, got {args.top_k}")
+def _inputs(args: argparse.Namespace, verb: str) -> tuple[list[str], bool]:
+    """Image files, or texts from --text and --file (never both), and whether they are texts."""
     texts = list(args.text)
     if args.file:
         texts += _read_lines(Path(args.file))
     if texts and args.inputs:
         raise UserError("give image files or --text/--file, not both")
     if not texts and not args.inputs:
-        raise UserError("nothing to predict: give image files, --text TEXT or --file FILE")
-    results = api.predict(args.run, texts or args.inputs, args.top_k)
+        raise UserError(f"nothing to {verb}: give image files, --text TEXT or --file FILE")
+    return texts or args.inputs, bool(texts)
+
+
+def _shown(item: str, is_text: bool) -> str:
+    return item if not is_text or len(item) <= 60 else item[:57] + "..."
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from bigmodel import api
+
+    if args.top_k < 1:
+        raise UserError(f"--top-k must be at least 1, got {args.top_k}")
+    inputs, are_texts = _inputs(args, "predict")
+    results = api.predict(args.run, inputs, args.top_k)
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
     for result in results:
         ranked = "  ".join(f"{t['class']} {t['probability']:.3f}" for t in result["top"])
-        shown = result["input"] if not texts or len(result["input"]) <= 60 else result["input"][:57] + "..."
-        print(f"{shown}: {ranked}")
+        print(f"{_shown(result['input'], are_texts)}: {ranked}")
+    return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from bigmodel import api
+    from bigmodel.evaluation.explain import ranked_tokens
+
+    inputs, are_texts = _inputs(args, "explain")
+    results = api.explain(args.run, inputs, args.out, args.target, args.method, args.steps)
+    for e, paths in results:
+        shown = _shown(e.input, are_texts)
+        target = "" if e.target == e.predicted else f"  explaining {e.target}"
+        delta = "" if e.delta is None else f"  convergence delta {e.delta:+.2g}"
+        print(f"{shown}: predicted {e.predicted} {e.probability:.3f}{target}{delta}")
+        if e.tokens is not None:
+            for token, score in ranked_tokens(e):
+                print(f"  {score:+.4f}  {token}")
+        for path in paths:
+            print(f"  wrote {path}")
     return 0
 
 
@@ -220,6 +275,31 @@ def _read_lines(path: Path) -> list[str]:
     if not texts:
         raise UserError(f"--file {path} has no non-empty lines")
     return texts
+
+
+def _report(args: argparse.Namespace) -> int:
+    from bigmodel.evaluation.report import build_report
+
+    if args.mistakes < 0:
+        raise UserError(f"--mistakes must be 0 or more, got {args.mistakes}")
+    print(f"report: {build_report(args.run, Path(args.out) if args.out else None, args.mistakes)}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from bigmodel.evaluation.compare import compare_runs
+
+    comparison = compare_runs(args.runs, Path(args.out))
+    width = max(len(what) for what, _ in comparison.rows) + 2
+    cells = [
+        max(len(label), *(len(values[i]) for _, values in comparison.rows)) + 2
+        for i, label in enumerate(comparison.labels)
+    ]
+    print(" " * width + "".join(f"{label:>{w}}" for label, w in zip(comparison.labels, cells, strict=True)))
+    for what, values in comparison.rows:
+        print(f"{what:<{width}}" + "".join(f"{v:>{w}}" for v, w in zip(values, cells, strict=True)))
+    print(f"\npage: {comparison.page}")
+    return 0
 
 
 def _models(args: argparse.Namespace) -> int:

@@ -82,6 +82,7 @@ class EarlyStoppingConfig(Section):
 
 MONITORABLE = Literal[
     "val/accuracy", "val/loss", "val/f1_macro", "val/precision_macro", "val/recall_macro",
+    "val/f1_weighted", "val/roc_auc", "val/top5_accuracy",
     "train/accuracy", "train/loss",
 ]  # fmt: skip
 
