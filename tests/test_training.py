@@ -137,3 +137,15 @@ def test_grad_accumulation_matches_the_larger_batch(tmp_path: Path):
     two = train(load_config(None, [*base, "train.batch_size=32", "train.grad_accum=2"]), tmp_path / "two")
     w1, w2 = (last_weights(r) for r in (one, two))
     assert all(torch.allclose(w1[k], w2[k], atol=1e-6) for k in w1)
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager(tmp_path: Path):
+    """train.compile=true (torch.compile, inductor) trains the same model to the same weights, within
+    float rounding, and the checkpoints hold the plain model's keys."""
+    base = [*DIGITS_ARGS, "train.epochs=1", "train.precision=fp32", "data.limit=512", "model.dropout=0.0"]
+    eager = train(load_config(None, base), tmp_path / "eager")
+    compiled = train(load_config(None, [*base, "train.compile=true"]), tmp_path / "compiled")
+    we, wc = (last_weights(r) for r in (eager, compiled))
+    assert we.keys() == wc.keys()
+    assert all(torch.allclose(we[k].float(), wc[k].float(), atol=1e-4) for k in we)

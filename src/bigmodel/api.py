@@ -28,6 +28,7 @@ from bigmodel.engine.trainer import (
 )
 from bigmodel.errors import Interrupted, UserError
 from bigmodel.evaluation.metrics import classification_metrics, language_model_metrics
+from bigmodel.evaluation.profile import Profile, profile_model, profile_source
 from bigmodel.evaluation.report import log_test_metrics
 from bigmodel.models import build_model
 from bigmodel.run import (
@@ -285,6 +286,22 @@ def predict(run: str | Path, inputs: list[str], top_k: int = 3) -> list[dict[str
         }
         for row, name in enumerate(inputs)
     ]
+
+
+def profile(
+    target: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    batch_size: int | None = None,
+    steps: int = 20,
+) -> Profile:
+    """What training a config (a YAML file, the default, or a run directory's) costs: parameters, FLOPs,
+    activation memory, measured speed, MFU and the top operators, on one real training batch. Builds the
+    data and model as ``train`` does; trains nothing and writes no run (see evaluation/profile.py)."""
+    if steps < 1:
+        raise UserError(f"--steps must be at least 1, got {steps}")
+    cfg, paths = profile_source(target, overrides, batch_size)
+    data, model = _prepare(cfg, paths)
+    return profile_model(model, data, cfg, steps)
 
 
 def explain(

@@ -100,6 +100,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", default="compare.html", help="the HTML file (default: compare.html)")
     p.set_defaults(handler=_compare)
 
+    p = sub.add_parser(
+        "profile", help="parameters, FLOPs, activation memory, speed, MFU and top operators of a config"
+    )
+    p.add_argument("args", nargs="*", metavar="[CONFIG|RUN] [section.key=value ...]")
+    p.add_argument("--batch-size", type=int, help="examples per batch (default: train.batch_size)")
+    p.add_argument("--steps", type=int, default=20, help="optimizer steps to time (default: 20)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.set_defaults(handler=_profile)
+
     p = sub.add_parser("models", help="list the models and their settings")
     p.set_defaults(handler=_models)
 
@@ -299,6 +308,15 @@ def _compare(args: argparse.Namespace) -> int:
     for what, values in comparison.rows:
         print(f"{what:<{width}}" + "".join(f"{v:>{w}}" for v, w in zip(values, cells, strict=True)))
     print(f"\npage: {comparison.page}")
+    return 0
+
+
+def _profile(args: argparse.Namespace) -> int:
+    from bigmodel import api
+
+    target, overrides = _split_config_args(args.args)
+    profile = api.profile(target, overrides, args.batch_size, args.steps)
+    print(json.dumps(profile.to_dict(), indent=2) if args.json else profile.table())
     return 0
 
 

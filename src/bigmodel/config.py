@@ -110,6 +110,7 @@ class TrainConfig(Section):
         0, ge=0, description="also checkpoint every N optimizer steps (0: at the end of each epoch only)"
     )
     keep_checkpoints: int = Field(2, gt=0, description="step checkpoints kept, newest first (best is extra)")
+    compile: bool = Field(False, description="torch.compile the training forward pass (slow first steps)")
     threads: int | None = Field(None, gt=0, description="torch intra-op threads; default: all cores")
     progress: bool = True
 

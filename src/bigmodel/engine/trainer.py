@@ -166,6 +166,8 @@ class Trainer:
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.forward_model = DistributedDataParallel(self.model, device_ids=ids)
+        if tc.compile:  # the weights stay self.model's: checkpoints and evaluation never see the wrapper
+            self.forward_model = torch.compile(self.forward_model, dynamic=data.info.kind == "text")
         mask = data.train.features.get("attention_mask")
         self.train_loader = BatchLoader(
             data.train,

@@ -1,10 +1,81 @@
-"""What a model costs to run: the floating-point operations of a forward pass, counted by PyTorch."""
+"""What a model costs to run, counted and measured on one real training batch (``bigmodel profile``).
+
+    FLOPs           FlopCounterMode over one forward and one backward pass
+    activations     bytes saved for backward in one forward pass (saved_tensors_hooks)
+    speed           real optimizer steps as the loop takes them (autocast, channels-last, the config's
+                    optimizer), median over steps; inference under inference_mode
+    MFU             achieved FLOP/s over this machine's measured matmul peak in the dtype in use
+    where time goes a short torch.profiler trace of a few steps, top operators by self time
+
+Nothing is trained for real and nothing is written, except the matmul peak, cached per machine.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
 import torch
 import torch.nn as nn
-from torch.utils.flop_counter import FlopCounterMode
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+
+from bigmodel.config import Config, apply_overrides, load_config, validate_config
+from bigmodel.data import BatchLoader, DataBundle
+from bigmodel.data.loader import Batch
+from bigmodel.engine.checkpoint import atomic_write
+from bigmodel.engine.device import autocast, cpu_has_native_bf16, resolve_device, resolve_precision
+from bigmodel.engine.optim import build_optimizer
+from bigmodel.engine.trainer import move
+from bigmodel.errors import UserError
+from bigmodel.evaluation.metrics import IGNORE, predicted_labels
+from bigmodel.run import RunPaths, read_config
+
+PEAK_CACHE = (
+    Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bigmodel" / "matmul_peak.json"
+)
+WARMUP_STEPS = 3  # the first steps allocate gradients and optimizer state, and warm up the allocator
+TRACE_STEPS = 3  # steps under torch.profiler
+PHASES = ("move", "forward", "backward", "loss.item", "optimizer")  # one training step, in order
+LABEL = "bigmodel.{}"  # the profiler's name for a phase
+aten = torch.ops.aten
+
+
+# ---------------------------------------------------------------------------------------- counting
+
+
+def _rnn_layer_flops(input_shape: Any, w_ih: Any, w_hh: Any, *args: Any, **kwargs: Any) -> int:
+    """One direction of one LSTM layer: per timestep and example, x @ W_ih.T and h @ W_hh.T."""
+    steps_times_batch = math.prod(input_shape) // w_ih[1]
+    return 2 * steps_times_batch * (w_ih[0] * w_ih[1] + w_hh[0] * w_hh[1])
+
+
+# PyTorch's own table misses the kernels the CPU picks: SDPA's flash attention for the CPU, and oneDNN's
+# LSTM layer (a GRU decomposes into matmuls and is counted anyway). Backward: twice the forward's
+# matmuls for the LSTM; SDPA's as PyTorch counts it for the GPU kernels.
+CPU_KERNELS = {
+    aten._scaled_dot_product_flash_attention_for_cpu: lambda q, k, v, *a, out_shape=None, **kw: (
+        sdpa_flop_count(q, k, v)
+    ),
+    aten._scaled_dot_product_flash_attention_for_cpu_backward: lambda g, q, k, v, *a, out_shape=None, **kw: (
+        sdpa_backward_flop_count(g, q, k, v)
+    ),
+    aten.mkldnn_rnn_layer: lambda *a, out_shape=None, **kw: _rnn_layer_flops(*a),
+    aten.mkldnn_rnn_layer_backward: lambda *a, out_shape=None, **kw: 2 * _rnn_layer_flops(*a),
+}
+
+
+def flop_counter() -> FlopCounterMode:
+    return FlopCounterMode(display=False, custom_mapping=CPU_KERNELS)
 
 
 @torch.inference_mode()
@@ -13,7 +84,528 @@ def forward_flops(model: nn.Module, features: dict[str, torch.Tensor]) -> int:
     the same way: matrix multiplications, convolutions and attention, two per multiply-add (elementwise
     operations are not counted)."""
     device = next(model.parameters()).device
-    counter = FlopCounterMode(display=False)
+    counter = flop_counter()
     with counter:
         model(**{name: value.to(device) for name, value in features.items()})
     return counter.get_total_flops()
+
+
+# ------------------------------------------------------------------------------------------ result
+
+
+@dataclass
+class Profile:
+    """Per-example numbers divide the batch's by its size; times are medians over the measured steps."""
+
+    name: str
+    model: str
+    data: str
+    kind: str  # the DataInfo kind: image, text, mlm or clm
+    input_shape: list[int]  # one example's: [channels, height, width], or [max_length] tokens
+    device: str
+    precision: str  # the autocast dtype: float32 means autocast off
+    threads: int
+    batch_size: int
+    sequence_length: int | None  # text: the batch's own length (each batch is trimmed to its longest)
+    tokens_per_batch: int | None  # text: real (unpadded) tokens
+    params: int
+    trainable_params: int
+    weights_mb: float  # parameters and buffers
+    optimizer_state_mb: float
+    forward_flops: float  # per example
+    train_flops: float  # per example: forward and backward
+    activation_bytes: int  # per batch, saved for backward
+    activation_bytes_per_example: float
+    loader_ms: float  # drawing one training batch: slicing, augmentation or masking, on the host
+    steps: int
+    train_step_ms: float
+    train_examples_per_s: float
+    train_tokens_per_s: float | None
+    inference_ms: float
+    inference_examples_per_s: float
+    inference_tokens_per_s: float | None
+    achieved_gflops: float  # training FLOPs per example × training examples/s
+    peak_gflops: float  # this machine's matmul, in the precision in use
+    peak_matmul: str  # how the peak was measured
+    mfu: float
+    phases_ms: dict[str, float]  # traced milliseconds per step in each part of a training step
+    top_ops: list[dict[str, Any]]  # by self CPU time, per traced step
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def table(self) -> str:
+        """The profile as a page of aligned text."""
+        n = self.batch_size
+        if self.sequence_length is None:
+            shape = f"{self.kind} {'×'.join(map(str, self.input_shape))}"
+        else:
+            shape = f"{self.kind}, up to {self.input_shape[0]} tokens"
+        at = f" at the batch's {self.sequence_length} tokens" if self.sequence_length else ""
+        tokens = lambda rate: f", {rate:,.0f} tokens/s" if rate else ""  # noqa: E731
+        ratio = self.train_flops / self.forward_flops if self.forward_flops else float("nan")
+        rows = [
+            (
+                "parameters",
+                f"{self.params:,} ({self.trainable_params:,} trainable), {self.weights_mb:.2f} MB",
+            ),
+            ("optimizer state", f"{self.optimizer_state_mb:.2f} MB"),
+            (
+                "FLOPs/example",
+                f"forward {_si(self.forward_flops)}, training {_si(self.train_flops)} "
+                f"({ratio:.2f}× forward){at}",
+            ),
+            (
+                "activations",
+                f"{_bytes(self.activation_bytes)} per batch of {n}, "
+                f"{_bytes(self.activation_bytes_per_example)} per example (saved for backward)",
+            ),
+            ("loader", f"{self.loader_ms:.1f} ms per batch (host side)"),
+            (
+                "training",
+                f"{self.train_examples_per_s:,.1f} examples/s{tokens(self.train_tokens_per_s)} "
+                f"({self.train_step_ms:.1f} ms per step, median of {self.steps})",
+            ),
+            (
+                "inference",
+                f"{self.inference_examples_per_s:,.1f} examples/s{tokens(self.inference_tokens_per_s)} "
+                f"({self.inference_ms:.1f} ms per batch)",
+            ),
+            ("achieved", f"{self.achieved_gflops:,.2f} GFLOP/s in training"),
+            ("matmul peak", f"{self.peak_gflops:,.1f} GFLOP/s ({self.peak_matmul})"),
+            ("MFU", f"{self.mfu:.1%}"),
+        ]
+        width = max(len(k) for k, _ in rows) + 2
+        lines = [
+            f"{self.name}: {self.model} on {self.data} ({shape}), {self.device}, {self.precision}, "
+            f"{self.threads} thread{'s' if self.threads > 1 else ''}, batch {n}",
+            *(f"  {k:<{width}}{v}" for k, v in rows),
+            "",
+            "one training step, traced (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in self.phases_ms.items()),
+            "",
+            f"top operators by self CPU time (ms per step over {TRACE_STEPS} traced steps)",
+        ]
+        name_width = max([len(op["name"]) for op in self.top_ops] + [8]) + 2
+        lines.append(f"  {'operator':<{name_width}}{'self ms':>9}{'share':>8}{'calls':>7}")
+        for op in self.top_ops:
+            lines.append(
+                f"  {op['name']:<{name_width}}{op['self_cpu_ms']:>9.2f}{op['share']:>8.1%}{op['calls']:>7g}"
+            )
+        lines += [f"note: {note}" for note in self.notes]
+        return "\n".join(lines)
+
+
+def _si(value: float) -> str:
+    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if value >= scale:
+            return f"{value / scale:.3g} {unit}"
+    return f"{value:.3g}"
+
+
+def _bytes(value: float) -> str:
+    return _si(value) + "B" if value >= 1e3 else f"{value:.0f} B"
+
+
+# ----------------------------------------------------------------------------------------- sources
+
+
+def profile_source(
+    target: str | Path | None, overrides: list[str] | tuple[str, ...] = (), batch_size: int | None = None
+) -> tuple[Config, RunPaths | None]:
+    """The config to profile: the default (``target`` None), a YAML file, or a run directory's own
+    (its tokenizer too); ``batch_size`` replaces ``train.batch_size``."""
+    if batch_size is not None and batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+    overrides = [*overrides, *([f"train.batch_size={batch_size}"] if batch_size is not None else [])]
+    if target is None:
+        return load_config(None, overrides), None
+    path = Path(target)
+    if path.is_dir() and (path / "config.yaml").is_file():
+        raw = read_config(path)
+        cfg = validate_config(apply_overrides(raw, overrides))
+        cfg.name = cfg.name or path.name
+        return cfg, RunPaths(path)
+    if path.is_file() and path.suffix in (".yaml", ".yml"):
+        return load_config(path, overrides), None
+    what = "a directory without config.yaml" if path.is_dir() else "not a file" if not path.exists() else ""
+    raise UserError(
+        f"{path} is neither a YAML config nor a run directory{f' ({what})' if what else ''}; "
+        "give e.g. configs/fashion-cnn.yaml or runs/<name>"
+    )
+
+
+# --------------------------------------------------------------------------------------- measuring
+
+
+def profile_model(model: nn.Module, data: DataBundle, cfg: Config, steps: int = 20) -> Profile:
+    """Count and time one training batch of ``data`` through ``model`` as the training loop would."""
+    if steps < 1:
+        raise UserError(f"--steps must be at least 1, got {steps}")
+    tc = cfg.train
+    device = resolve_device(tc.device)
+    dtype = resolve_precision(tc.precision, device)
+    channels_last = tc.channels_last and len(data.info.input_shape) == 3
+    model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    model.train()
+    loader, loader_ms = _training_loader(data, cfg)
+    batch = next(iter(loader))
+    features = {k: v for k, v in batch.items() if k != "labels"}
+    n = len(next(iter(features.values())))
+    mask = features.get("attention_mask")
+    tokens = int(mask.sum()) if mask is not None else None
+    length = features["input_ids"].shape[1] if "input_ids" in features else None
+
+    forward, train = _training_flops(model, batch, device, dtype, channels_last, tc.label_smoothing)
+    activations = saved_activation_bytes(model, batch, device, dtype, channels_last, tc.label_smoothing)
+
+    train_s, optimizer_mb, phases, top_ops = _time_training(
+        model, batch, device, dtype, channels_last, cfg, steps
+    )
+    model.eval()
+
+    @torch.inference_mode()
+    def infer() -> None:
+        moved = move(features, device, channels_last)
+        with autocast(device, dtype):
+            model(**moved)
+
+    infer_s = _median_seconds(infer, steps, 2, device)
+    model.train()
+
+    peak, how = matmul_peak(device, dtype)
+    train_flops = train / n
+    examples_per_s = n / train_s
+    achieved = train_flops * examples_per_s
+    params = list(model.parameters())
+    notes = []
+    if length is not None:
+        notes.append(
+            f"text: FLOPs and speed are at this batch's length, {length} tokens (each batch is trimmed to "
+            f"its longest text, up to data.max_length={cfg.data.max_length})"
+        )
+    if any(isinstance(m, nn.RNNBase) for m in model.modules()) and device.type != "cpu":
+        notes.append("recurrent layers' FLOPs are counted on the CPU only (oneDNN kernels): MFU is low here")
+    if device.type == "cpu" and dtype == torch.bfloat16 and not cpu_has_native_bf16():
+        notes.append("this CPU has no native bf16: bf16 is emulated, slower than fp32 (train.precision=fp32)")
+    if tc.grad_accum > 1:
+        notes.append(f"train.grad_accum={tc.grad_accum}: training steps the optimizer every batch here")
+    return Profile(
+        name=cfg.name or "config",
+        model=cfg.model.name,
+        data=cfg.data.name or Path(str(cfg.data.path)).name,
+        kind=data.info.kind,
+        input_shape=list(data.info.input_shape),
+        device=str(device),
+        precision=str(dtype).removeprefix("torch."),
+        threads=torch.get_num_threads(),
+        batch_size=n,
+        sequence_length=length,
+        tokens_per_batch=tokens,
+        params=sum(p.numel() for p in params),
+        trainable_params=sum(p.numel() for p in params if p.requires_grad),
+        weights_mb=sum(_nbytes(t) for t in [*params, *model.buffers()]) / 1e6,
+        optimizer_state_mb=optimizer_mb,
+        forward_flops=forward / n,
+        train_flops=train_flops,
+        activation_bytes=activations,
+        activation_bytes_per_example=activations / n,
+        loader_ms=loader_ms,
+        steps=steps,
+        train_step_ms=train_s * 1e3,
+        train_examples_per_s=examples_per_s,
+        train_tokens_per_s=tokens / train_s if tokens else None,
+        inference_ms=infer_s * 1e3,
+        inference_examples_per_s=n / infer_s,
+        inference_tokens_per_s=tokens / infer_s if tokens else None,
+        achieved_gflops=achieved / 1e9,
+        peak_gflops=peak / 1e9,
+        peak_matmul=how,
+        mfu=achieved / peak,
+        phases_ms=phases,
+        top_ops=top_ops,
+        notes=notes,
+    )
+
+
+def _time_training(
+    model: nn.Module,
+    batch: Batch,
+    device: torch.device,
+    dtype: torch.dtype,
+    channels_last: bool,
+    cfg: Config,
+    steps: int,
+) -> tuple[float, float, dict[str, float], list[dict[str, Any]]]:
+    """Median seconds per training step, the optimizer state's MB, and the traced phases and operators.
+    The optimizer (its state can be as large as the model) is gone when this returns."""
+    optimizer = build_optimizer(model, cfg.optim)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+    def step() -> None:
+        _train_step(model, optimizer, scaler, batch, device, dtype, channels_last, cfg)
+
+    seconds = _median_seconds(step, steps, WARMUP_STEPS, device)
+    phases, top_ops = _trace(step, device)
+    state_mb = sum(_nbytes(t) for s in optimizer.state.values() for t in s.values()) / 1e6
+    optimizer.zero_grad(set_to_none=True)
+    return seconds, state_mb, phases, top_ops
+
+
+def _training_loader(data: DataBundle, cfg: Config) -> tuple[BatchLoader, float]:
+    """The training loader as the Trainer builds it (shuffled, length-bucketed), and the milliseconds
+    it takes to draw a batch (median of a few)."""
+    tc = cfg.train
+    mask = data.train.features.get("attention_mask")
+    loader = BatchLoader(
+        data.train,
+        tc.batch_size,
+        data.train_transform,
+        shuffle=True,
+        seed=tc.seed,
+        drop_last=len(data.train) > tc.batch_size,
+        lengths=mask.sum(dim=1) if mask is not None and cfg.data.length_buckets else None,
+    )
+    times, batches = [], iter(loader)
+    for _ in range(min(5, len(loader))):
+        start = time.perf_counter()
+        next(batches)
+        times.append(time.perf_counter() - start)
+    return loader, statistics.median(times) * 1e3
+
+
+def _loss(
+    model: nn.Module,
+    batch: Batch,
+    device: torch.device,
+    dtype: torch.dtype,
+    channels_last: bool,
+    smoothing: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The training loop's forward pass and loss: (loss, logits, predicted labels)."""
+    with torch.profiler.record_function(LABEL.format("move")):
+        batch = move(batch, device, channels_last)
+        labels = batch.pop("labels")
+    with torch.profiler.record_function(LABEL.format("forward")):
+        with autocast(device, dtype):
+            logits = model(**batch)
+        predicted = predicted_labels(logits, labels)
+        loss = F.cross_entropy(
+            logits.float().flatten(0, -2), predicted.flatten(), ignore_index=IGNORE, label_smoothing=smoothing
+        )
+    return loss, logits, predicted
+
+
+def _train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    batch: Batch,
+    device: torch.device,
+    dtype: torch.dtype,
+    channels_last: bool,
+    cfg: Config,
+) -> None:
+    """One batch and one optimizer step, as Trainer._train_epoch and _optimizer_step take them."""
+    tc = cfg.train
+    loss, logits, predicted = _loss(model, batch, device, dtype, channels_last, tc.label_smoothing)
+    with torch.profiler.record_function(LABEL.format("backward")):
+        scaler.scale(loss).backward()
+    # The loop reads the loss, and counts the hits, every batch.
+    with torch.profiler.record_function(LABEL.format("loss.item")):
+        loss.item()
+        ((logits.argmax(dim=-1) == predicted) & (predicted != IGNORE)).sum()
+    with torch.profiler.record_function(LABEL.format("optimizer")):
+        if tc.grad_clip is not None:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+
+
+def _training_flops(
+    model: nn.Module,
+    batch: Batch,
+    device: torch.device,
+    dtype: torch.dtype,
+    channels_last: bool,
+    smoothing: float,
+) -> tuple[int, int]:
+    """FLOPs of the batch's forward pass, and of forward and backward together."""
+    counter = flop_counter()
+    with counter:
+        loss, _, _ = _loss(model, batch, device, dtype, channels_last, smoothing)
+        forward = counter.get_total_flops()
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+    return forward, counter.get_total_flops()
+
+
+def saved_activation_bytes(
+    model: nn.Module,
+    batch: Batch,
+    device: torch.device,
+    dtype: torch.dtype,
+    channels_last: bool = False,
+    smoothing: float = 0.0,
+) -> int:
+    """Bytes that one forward pass (and its loss) keeps for backward: each storage once, the model's
+    own parameters and buffers excluded (they live anyway)."""
+    owned = {_storage_key(t) for t in [*model.parameters(), *model.buffers()]}
+    seen: dict[tuple[str, int], int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        key = _storage_key(tensor)
+        if key is not None and key not in owned:
+            seen[key] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss, _, _ = _loss(model, batch, device, dtype, channels_last, smoothing)
+    del loss  # the graph, and what it saved, goes without a backward pass
+    return sum(seen.values())
+
+
+def _storage_key(tensor: torch.Tensor) -> tuple[str, int] | None:
+    try:
+        ptr = tensor.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):  # tensors without storage (e.g. subclasses)
+        return None
+    return (str(tensor.device), ptr) if ptr else None
+
+
+def _nbytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def _median_seconds(fn: Any, steps: int, warmup: int, device: torch.device) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(steps):
+        _synchronize(device)
+        start = time.perf_counter()
+        fn()
+        _synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _trace(step: Any, device: torch.device) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Milliseconds per step in each phase, and the ten operators with the most self CPU time (with
+    the time spent outside any operator, in Python, as one more row)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    prof = profile(activities=activities)
+    with _quiet_stderr():  # this build's profiler prints "profiler_start" and "profiler_stop" lines
+        prof.start()
+    try:
+        for _ in range(TRACE_STEPS):
+            step()
+        _synchronize(device)
+    finally:
+        with _quiet_stderr():
+            prof.stop()
+    events = prof.key_averages()
+    labels = {LABEL.format(p): p for p in PHASES}
+    phases = {labels[e.key]: e for e in events if e.key in labels}
+    phases_ms = {p: phases[p].cpu_time_total / TRACE_STEPS / 1e3 for p in PHASES if p in phases}
+    total = sum(e.cpu_time_total for e in phases.values()) or 1.0
+    ops = [e for e in events if e.key not in labels and e.self_cpu_time_total > 0]
+    ops.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
+    rows = [
+        {
+            "name": e.key,
+            "self_cpu_ms": e.self_cpu_time_total / TRACE_STEPS / 1e3,
+            "share": e.self_cpu_time_total / total,
+            "calls": e.count / TRACE_STEPS,
+        }
+        for e in ops[:10]
+    ]
+    outside = sum(e.self_cpu_time_total for e in phases.values())  # Python between the operators
+    rows.append(
+        {
+            "name": "(outside operators: Python)",
+            "self_cpu_ms": outside / TRACE_STEPS / 1e3,
+            "share": outside / total,
+            "calls": 0,
+        }
+    )
+    return phases_ms, rows
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Silence the C++ side's stderr (file descriptor 2) for a moment."""
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+# -------------------------------------------------------------------------------------------- peak
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, cache: Path | None = None) -> tuple[float, str]:
+    """FLOP/s of a large square matmul in ``dtype`` (best of a few), with this process's thread count;
+    measured once per (processor, threads, dtype, torch version) and cached in ``cache`` (default
+    ``~/.cache/bigmodel/matmul_peak.json``). Returns the FLOP/s and how they were measured."""
+    cache = cache or PEAK_CACHE
+    threads = torch.get_num_threads()
+    dtype_name = str(dtype).removeprefix("torch.")
+    key = f"{_processor(device)} | {threads} threads | {dtype_name} | torch {torch.__version__}"
+    try:
+        known = json.loads(cache.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        known = {}
+    if not isinstance(known, dict):
+        known = {}
+    if isinstance(known.get(key), dict) and known[key].get("flops", 0) > 0:
+        entry = known[key]
+        return float(entry["flops"]), f"{entry['size']}² {dtype_name} matmul, {threads} threads, cached"
+    size = 4096 if device.type == "cuda" else 2048
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    best, spent = math.inf, 0.0
+    for i in range(6):  # one warm-up, then up to five, within about three seconds
+        _synchronize(device)
+        start = time.perf_counter()
+        a @ b
+        _synchronize(device)
+        seconds = time.perf_counter() - start
+        if i:
+            best = min(best, seconds)
+            spent += seconds
+            if i >= 2 and spent > 3.0:
+                break
+    flops = 2 * size**3 / best
+    known[key] = {"flops": flops, "size": size}
+    with contextlib.suppress(OSError):  # a read-only home only costs a re-measurement next time
+        atomic_write(cache, lambda tmp: Path(tmp).write_text(json.dumps(known, indent=2) + "\n"))
+    return flops, f"{size}² {dtype_name} matmul, {threads} threads, measured now"
+
+
+def _processor(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type != "cpu":
+        return device.type
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()

@@ -1,0 +1,1 @@
+"""bigmodel against the seed's plain loop, PyTorch Lightning and the Hugging Face Trainer (README.md)."""
