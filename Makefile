@@ -45,8 +45,8 @@ test: install-dev data browser
 	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=15
 
 lint: install-dev
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -56,17 +57,20 @@ def main(argv: list[str] | None = None) -> int:
         target=case.target if args.target is None else args.target,
         threads=args.threads,
         seed=args.seed,
+        bigmodel_extra=args.bigmodel_set,
     )
     if not 0 <= base.warmup < base.steps:
         raise SystemExit(f"--warmup {base.warmup} must be at least 0 and below --steps {base.steps}")
-    out = Path(args.out or f"benchmarks/results/{case.name}.json")
+    if min(args.repeats, base.check_every, base.val_examples, base.threads) < 1:
+        raise SystemExit("--repeats, --check-every, --val-examples and --threads must be at least 1")
+    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"{case.name}.json"
     doc = json.loads(out.read_text()) if out.exists() else {"case": case.name, "measurements": {}}
     if doc.get("case") != case.name:
         raise SystemExit(f"{out} holds results of case {doc.get('case')!r}, not {case.name!r}")
 
     before = machine()
-    if before["load_average"][0] > 0.5:
-        print(f"warning: load average {before['load_average'][0]:.2f}: the machine is not quiet", file=sys.stderr)
+    if (load := before["load_average"][0]) > 0.5:
+        print(f"warning: load average {load:.2f}: the machine is not quiet", file=sys.stderr)
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bigmodel-bench-") as tmp:
         base.data = str(Path(tmp) / "data.pt")
@@ -77,9 +81,16 @@ def main(argv: list[str] | None = None) -> int:
                 workdir = Path(tmp) / f"{framework}-{repeat}"
                 settings = replace(base, framework=framework, workdir=str(workdir))
                 result = _child(framework, settings, Path(tmp))
+                if args.logs:  # the run's output (progress bars, warnings), to check what it did
+                    Path(args.logs).mkdir(parents=True, exist_ok=True)
+                    log = f"{case.name}-{base.precision}-{framework}-{repeat}.log"
+                    shutil.copy(Path(tmp) / f"{framework}.log", Path(args.logs) / log)
                 shutil.rmtree(workdir, ignore_errors=True)  # its logs and checkpoints
                 runs.append({"framework": framework, "repeat": repeat, **result})
-                print(_line(runs[-1], args.repeats, base), file=sys.stderr)
+                left = args.repeats * len(frameworks) - len(runs)
+                per_run = statistics.mean(r["process_seconds"] for r in runs)
+                eta = f", about {left * per_run / 60:.1f} min left" if left else ""
+                print(_line(runs[-1], args.repeats, base) + eta, file=sys.stderr)
     summary = summarize(runs)
     doc["measurements"][base.precision] = {
         "machine": {**before, "load_average_after": machine()["load_average"]},
@@ -92,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=1) + "\n")
     for framework, row in summary.items():
-        print(f"{framework:>9}: {row['samples_per_s']:8.1f} samples/s (median)  ×{row['vs_plain'] or 0:.2f}", file=sys.stderr)
+        ratio = f"  {row['vs_plain']:.2f}× plain's" if row["vs_plain"] else ""
+        print(f"{framework:>9}: {row['samples_per_s']:8.1f} samples/s (median){ratio}", file=sys.stderr)
     print(f"wrote {out}", file=sys.stderr)
     return 0
 
@@ -111,6 +123,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--val-examples", type=int, help="size of the validation slice (default: the case's)")
     p.add_argument("--target", type=float, help="validation accuracy to time (default: the case's)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--logs", metavar="DIR", help="keep each run's output here")
+    p.add_argument(
+        "--bigmodel-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="one more bigmodel config override (repeatable, recorded): model.* and data.* keys change "
+        "the case for every framework, train.* keys bigmodel's loop only, e.g. train.channels_last=false",
+    )
     p.add_argument("--worker", help=argparse.SUPPRESS)  # inside a child: prepare, or a framework's name
     p.add_argument("--settings", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)

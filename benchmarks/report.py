@@ -66,7 +66,7 @@ def render(docs: list[dict[str, Any]], method: str) -> str:
         "",
     ]
     if not docs:
-        lines += ["**No measurements yet**: run the commands in README.md, then `python -m benchmarks.report`.", ""]
+        lines += ["**No measurements yet**: run the commands in README.md, then this report.", ""]
     for doc in docs:
         for precision in ("fp32", "bf16"):
             if precision in doc["measurements"]:
@@ -86,7 +86,8 @@ def _section(case: str, precision: str, m: dict[str, Any]) -> list[str]:
         "",
         f"{s['steps']} steps of batch {s['batch_size']} (the first {s['warmup']} not timed), AdamW at "
         f"{s['lr']:g} with a cosine decay, accuracy checked every {s['check_every']} steps on "
-        f"{m['data']['val_examples']:,} validation examples; {repeats} runs per framework, interleaved.",
+        f"{m['data']['val_examples']:,} validation examples; "
+        f"{repeats} run{'s' * (repeats > 1)} per framework, interleaved.",
         f"Measured {machine['date'][:10]} on {machine['cpu']}{bf16}, {machine['cores_usable']} cores, "
         f"{s['threads']} threads; torch {v['torch']}, pytorch-lightning {v['pytorch-lightning']}, "
         f"transformers {v['transformers']}, accelerate {v['accelerate']}; bigmodel {machine['commit']}; "

@@ -215,3 +215,27 @@ def test_setting_errors():
     image = DataInfo(kind="image", classes=["a", "b"], input_shape=[1, 8, 8], source="test")
     with pytest.raises(UserError, match="classifies text"):
         build("gru", {}, image)
+
+
+@pytest.mark.parametrize(
+    ("name", "settings"),
+    [("attention", {"dim": 16}), ("transformer", {"dim": 16, "heads": 2}), ("bert", TINY_BERT)],
+)
+def test_attention_dropout_is_its_own_setting_and_off_by_default(name: str, settings: dict):
+    """Only attention dropout is random in training mode once the other dropouts are 0: off (the
+    default, the fast fused kernel on CPU) the outputs repeat, on they do not."""
+    ids = torch.randint(1, 100, (4, 32))
+    mask = torch.ones_like(ids)
+
+    def twice(extra: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        model = build_model(ModelConfig(name=name, **settings, dropout=0.0, **extra), INFO).train()
+        if name == "bert":  # its encoder's hidden dropout (0.1) is no classifier setting: silence it,
+            for module in model.modules():  # keeping the attention dropout under test (0.5)
+                if isinstance(module, nn.Dropout) and module.p != 0.5:
+                    module.p = 0.0
+        return model(ids, mask), model(ids, mask)
+
+    first, second = twice({})
+    assert torch.equal(first, second)
+    first, second = twice({"attention_dropout": 0.5})
+    assert not torch.equal(first, second)

@@ -63,4 +63,5 @@ def run(bench: Bench) -> dict[str, Any]:
         callbacks=[ReadClock(bench)],
     )
     trainer.train()
-    return {**bench.clock.result(), "options": args}
+    callbacks = [type(cb).__name__ for cb in trainer.callback_handler.callbacks]
+    return {**bench.clock.result(), "options": {**args, "callbacks": callbacks}}

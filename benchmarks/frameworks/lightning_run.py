@@ -1,6 +1,7 @@
 """(c) PyTorch Lightning's Trainer at its defaults (TensorBoard logger, a checkpoint at the end of the
-epoch, progress bar, model summary), told only the device, the precision, the steps and where to write.
-The LightningModule logs the training loss, as Lightning's examples do."""
+epoch, progress bar, model summary), told only the device, the precision, the steps and where to write;
+the defaults it chose are returned with the options. The LightningModule logs the training loss, as
+Lightning's examples do."""
 
 from __future__ import annotations
 
@@ -54,4 +55,9 @@ def run(bench: Bench) -> dict[str, Any]:
     }
     trainer = pl.Trainer(**options, callbacks=[ReadClock(bench)])
     trainer.fit(Classifier(bench.model(), bench), train_dataloaders=bench.train_loader())
-    return {**bench.clock.result(), "options": options}
+    defaults = {
+        "logger": type(trainer.logger).__name__,
+        "callbacks": [type(cb).__name__ for cb in trainer.callbacks],
+        "log_every_n_steps": trainer.log_every_n_steps,
+    }
+    return {**bench.clock.result(), "options": {**options, **defaults}}

@@ -247,37 +247,9 @@ class Trainer:
         batches = len(self.train_loader)
         for i, batch in enumerate(self.train_loader.iter_from(self.batch_in_epoch), self.batch_in_epoch):
             boundary = (i + 1) % tc.grad_accum == 0 or i + 1 == batches
-            batch = move(batch, self.device, self.channels_last)
-            labels = batch.pop("labels")
-            # Between optimizer steps DDP need not average gradients: once per step is enough.
-            quiet = self.world.distributed and not self.sharded and not boundary
-            with self.forward_model.no_sync() if quiet else contextlib.nullcontext():
-                with autocast(self.device, self.dtype):
-                    logits = self.forward_model(**batch)
-                predicted = predicted_labels(logits, labels)
-                loss = F.cross_entropy(
-                    logits.float().flatten(0, -2),  # (examples or tokens, classes or vocabulary)
-                    predicted.flatten(),
-                    ignore_index=IGNORE,
-                    label_smoothing=tc.label_smoothing,
-                )
-                self.scaler.scale(loss / tc.grad_accum).backward()
-            value = loss.item()
-            if not math.isfinite(value):
-                raise TrainingDiverged(
-                    f"loss became {value} at epoch {self.epoch + 1}, step {self.step}; "
-                    "lower optim.lr or set train.grad_clip"
-                )
-            targets = predicted != IGNORE  # every label of a classifier; the predicted tokens of an LM
-            n_targets = int(targets.sum())
-            self._sums["loss"] += value * n_targets
-            self._sums["targets"] += n_targets
-            self._sums["examples"] += len(labels)
-            self._sums["tokens"] += int(batch["attention_mask"].sum()) if "attention_mask" in batch else 0
-            self._correct += ((logits.argmax(dim=-1) == predicted) & targets).sum()
-            self._emit("on_batch_end", value, len(labels))
+            value, size = self.train_batch(batch, step=boundary)
+            self._emit("on_batch_end", value, size)
             if boundary:
-                self._optimizer_step()
                 self.batch_in_epoch = i + 1
                 self._emit("on_step_end")
                 self._stop_if_signalled()
@@ -294,6 +266,56 @@ class Trainer:
         if sums["tokens"]:
             metrics["train/tokens_per_s"] = sums["tokens"] / seconds
         return {**metrics, "train/epoch_seconds": seconds, "lr": self.optimizer.param_groups[0]["lr"]}
+
+    def loss(
+        self, batch: Batch, model: nn.Module | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The training objective of one batch already on the device: (loss, logits, the labels they
+        predict). ``model`` defaults to the training forward (DDP, compiled); the profiler counts the
+        plain one."""
+        features = {key: value for key, value in batch.items() if key != "labels"}
+        with autocast(self.device, self.dtype):
+            logits = (model or self.forward_model)(**features)
+        predicted = predicted_labels(logits, batch["labels"])
+        loss = F.cross_entropy(
+            logits.float().flatten(0, -2),  # (examples or tokens, classes or vocabulary)
+            predicted.flatten(),
+            ignore_index=IGNORE,
+            label_smoothing=self.cfg.train.label_smoothing,
+        )
+        return loss, logits, predicted
+
+    def train_batch(self, batch: Batch, step: bool = True) -> tuple[float, int]:
+        """One batch: forward, backward, its share of the epoch's sums, and the optimizer step when
+        ``step`` (the batch that ends an accumulation); returns its loss and size. The phases carry
+        torch.profiler labels, which is how ``bigmodel profile`` times this very code."""
+        with torch.profiler.record_function("bigmodel.move"):
+            batch = move(batch, self.device, self.channels_last)
+        # Between optimizer steps DDP need not average gradients: once per step is enough.
+        quiet = self.world.distributed and not self.sharded and not step
+        with self.forward_model.no_sync() if quiet else contextlib.nullcontext():
+            with torch.profiler.record_function("bigmodel.forward"):
+                loss, logits, predicted = self.loss(batch)
+            with torch.profiler.record_function("bigmodel.backward"):
+                self.scaler.scale(loss / self.cfg.train.grad_accum).backward()
+        with torch.profiler.record_function("bigmodel.bookkeeping"):
+            value = loss.item()
+            if not math.isfinite(value):
+                raise TrainingDiverged(
+                    f"loss became {value} at epoch {self.epoch + 1}, step {self.step}; "
+                    "lower optim.lr or set train.grad_clip"
+                )
+            targets = predicted != IGNORE  # every label of a classifier; the predicted tokens of an LM
+            n_targets = int(targets.sum())
+            self._sums["loss"] += value * n_targets
+            self._sums["targets"] += n_targets
+            self._sums["examples"] += len(batch["labels"])
+            self._sums["tokens"] += int(batch["attention_mask"].sum()) if "attention_mask" in batch else 0
+            self._correct += ((logits.argmax(dim=-1) == predicted) & targets).sum()
+        if step:
+            with torch.profiler.record_function("bigmodel.optimizer"):
+                self._optimizer_step()
+        return value, len(batch["labels"])
 
     def _optimizer_step(self) -> None:
         if self.cfg.train.grad_clip is not None:

@@ -26,18 +26,15 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from bigmodel.config import Config, apply_overrides, load_config, validate_config
 from bigmodel.data import BatchLoader, DataBundle
 from bigmodel.data.loader import Batch
 from bigmodel.engine.checkpoint import atomic_write
-from bigmodel.engine.device import autocast, cpu_has_native_bf16, resolve_device, resolve_precision
-from bigmodel.engine.optim import build_optimizer
-from bigmodel.engine.trainer import move
+from bigmodel.engine.device import autocast, cpu_has_native_bf16
+from bigmodel.engine.trainer import LANGUAGE_MODELLING, Trainer, move
 from bigmodel.errors import UserError
-from bigmodel.evaluation.metrics import IGNORE, predicted_labels
 from bigmodel.run import RunPaths, read_config
 
 PEAK_CACHE = (
@@ -45,7 +42,7 @@ PEAK_CACHE = (
 )
 WARMUP_STEPS = 3  # the first steps allocate gradients and optimizer state, and warm up the allocator
 TRACE_STEPS = 3  # steps under torch.profiler
-PHASES = ("move", "forward", "backward", "loss.item", "optimizer")  # one training step, in order
+PHASES = ("move", "forward", "backward", "bookkeeping", "optimizer")  # one training step, in order
 LABEL = "bigmodel.{}"  # the profiler's name for a phase
 aten = torch.ops.aten
 
@@ -148,7 +145,7 @@ class Profile:
         rows = [
             (
                 "parameters",
-                f"{self.params:,} ({self.trainable_params:,} trainable), {self.weights_mb:.2f} MB",
+                f"{self.params:,} ({self.trainable_params:,} trainable); weights {self.weights_mb:.2f} MB",
             ),
             ("optimizer state", f"{self.optimizer_state_mb:.2f} MB"),
             (
@@ -179,18 +176,19 @@ class Profile:
         width = max(len(k) for k, _ in rows) + 2
         lines = [
             f"{self.name}: {self.model} on {self.data} ({shape}), {self.device}, {self.precision}, "
-            f"{self.threads} thread{'s' if self.threads > 1 else ''}, batch {n}",
+            f"{_threads(self.threads)}, batch {n}",
             *(f"  {k:<{width}}{v}" for k, v in rows),
             "",
             "one training step, traced (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in self.phases_ms.items()),
             "",
             f"top operators by self CPU time (ms per step over {TRACE_STEPS} traced steps)",
         ]
-        name_width = max([len(op["name"]) for op in self.top_ops] + [8]) + 2
+        names = [op["name"] if len(op["name"]) <= 60 else op["name"][:57] + "..." for op in self.top_ops]
+        name_width = max(len(name) for name in [*names, "operator"]) + 2
         lines.append(f"  {'operator':<{name_width}}{'self ms':>9}{'share':>8}{'calls':>7}")
-        for op in self.top_ops:
+        for name, op in zip(names, self.top_ops, strict=True):
             lines.append(
-                f"  {op['name']:<{name_width}}{op['self_cpu_ms']:>9.2f}{op['share']:>8.1%}{op['calls']:>7g}"
+                f"  {name:<{name_width}}{op['self_cpu_ms']:>9.2f}{op['share']:>8.1%}{op['calls']:>7g}"
             )
         lines += [f"note: {note}" for note in self.notes]
         return "\n".join(lines)
@@ -201,6 +199,10 @@ def _si(value: float) -> str:
         if value >= scale:
             return f"{value / scale:.3g} {unit}"
     return f"{value:.3g}"
+
+
+def _threads(n: int) -> str:
+    return f"{n} thread{'s' if n != 1 else ''}"
 
 
 def _bytes(value: float) -> str:
@@ -239,29 +241,31 @@ def profile_source(
 
 
 def profile_model(model: nn.Module, data: DataBundle, cfg: Config, steps: int = 20) -> Profile:
-    """Count and time one training batch of ``data`` through ``model`` as the training loop would."""
+    """Count and time one training batch of ``data`` through ``model`` in the training loop's own
+    ``Trainer.train_batch``: the same device, precision, channels-last, compile, loss and optimizer."""
     if steps < 1:
         raise UserError(f"--steps must be at least 1, got {steps}")
-    tc = cfg.train
-    device = resolve_device(tc.device)
-    dtype = resolve_precision(tc.precision, device)
-    channels_last = tc.channels_last and len(data.info.input_shape) == 3
-    model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    # Enough epochs that the schedule outlasts the profiled steps (OneCycleLR refuses a step too many).
+    trainer = Trainer(
+        model, data, cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": 10**6})})
+    )
+    tc, device, dtype = cfg.train, trainer.device, trainer.dtype
+    channels_last = trainer.channels_last
     model.train()
-    loader, loader_ms = _training_loader(data, cfg)
-    batch = next(iter(loader))
+    batch, loader_ms = _first_batch(trainer.train_loader)
     features = {k: v for k, v in batch.items() if k != "labels"}
     n = len(next(iter(features.values())))
     mask = features.get("attention_mask")
     tokens = int(mask.sum()) if mask is not None else None
     length = features["input_ids"].shape[1] if "input_ids" in features else None
 
-    forward, train = _training_flops(model, batch, device, dtype, channels_last, tc.label_smoothing)
-    activations = saved_activation_bytes(model, batch, device, dtype, channels_last, tc.label_smoothing)
-
-    train_s, optimizer_mb, phases, top_ops = _time_training(
-        model, batch, device, dtype, channels_last, cfg, steps
-    )
+    moved = move(batch, device, channels_last)
+    forward, train = _training_flops(trainer, moved)
+    activations = saved_activation_bytes(trainer, moved)
+    train_s = _median_seconds(lambda: trainer.train_batch(batch), steps, WARMUP_STEPS, device)
+    phases, top_ops = _trace(lambda: trainer.train_batch(batch), device)
+    optimizer_mb = sum(_nbytes(t) for st in trainer.optimizer.state.values() for t in st.values()) / 1e6
+    compiled = tc.compile
     model.eval()
 
     @torch.inference_mode()
@@ -279,7 +283,9 @@ def profile_model(model: nn.Module, data: DataBundle, cfg: Config, steps: int = 
     achieved = train_flops * examples_per_s
     params = list(model.parameters())
     notes = []
-    if length is not None:
+    if data.info.kind in LANGUAGE_MODELLING:
+        notes.append(f"{data.info.kind}: packed blocks of {length} tokens, every one of them real")
+    elif length is not None:
         notes.append(
             f"text: FLOPs and speed are at this batch's length, {length} tokens (each batch is trimmed to "
             f"its longest text, up to data.max_length={cfg.data.max_length})"
@@ -288,6 +294,15 @@ def profile_model(model: nn.Module, data: DataBundle, cfg: Config, steps: int = 
         notes.append("recurrent layers' FLOPs are counted on the CPU only (oneDNN kernels): MFU is low here")
     if device.type == "cpu" and dtype == torch.bfloat16 and not cpu_has_native_bf16():
         notes.append("this CPU has no native bf16: bf16 is emulated, slower than fp32 (train.precision=fp32)")
+    busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    cores = os.cpu_count() or 1
+    if device.type == "cpu" and busy > cores + 0.5:
+        notes.append(
+            f"this machine is busy (load average {busy:.1f} on {cores} cores): timings are depressed, and "
+            "threads that wait for each other slow every operator (train.threads=1 may be faster)"
+        )
+    if compiled:
+        notes.append("train.compile: training runs the compiled forward (compiled in the warm-up steps)")
     if tc.grad_accum > 1:
         notes.append(f"train.grad_accum={tc.grad_accum}: training steps the optimizer every batch here")
     return Profile(
@@ -328,130 +343,32 @@ def profile_model(model: nn.Module, data: DataBundle, cfg: Config, steps: int = 
     )
 
 
-def _time_training(
-    model: nn.Module,
-    batch: Batch,
-    device: torch.device,
-    dtype: torch.dtype,
-    channels_last: bool,
-    cfg: Config,
-    steps: int,
-) -> tuple[float, float, dict[str, float], list[dict[str, Any]]]:
-    """Median seconds per training step, the optimizer state's MB, and the traced phases and operators.
-    The optimizer (its state can be as large as the model) is gone when this returns."""
-    optimizer = build_optimizer(model, cfg.optim)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-
-    def step() -> None:
-        _train_step(model, optimizer, scaler, batch, device, dtype, channels_last, cfg)
-
-    seconds = _median_seconds(step, steps, WARMUP_STEPS, device)
-    phases, top_ops = _trace(step, device)
-    state_mb = sum(_nbytes(t) for s in optimizer.state.values() for t in s.values()) / 1e6
-    optimizer.zero_grad(set_to_none=True)
-    return seconds, state_mb, phases, top_ops
-
-
-def _training_loader(data: DataBundle, cfg: Config) -> tuple[BatchLoader, float]:
-    """The training loader as the Trainer builds it (shuffled, length-bucketed), and the milliseconds
-    it takes to draw a batch (median of a few)."""
-    tc = cfg.train
-    mask = data.train.features.get("attention_mask")
-    loader = BatchLoader(
-        data.train,
-        tc.batch_size,
-        data.train_transform,
-        shuffle=True,
-        seed=tc.seed,
-        drop_last=len(data.train) > tc.batch_size,
-        lengths=mask.sum(dim=1) if mask is not None and cfg.data.length_buckets else None,
-    )
+def _first_batch(loader: BatchLoader) -> tuple[Batch, float]:
+    """A batch of the training loader as the Trainer draws it, and the milliseconds a batch takes to
+    draw (median of a few)."""
     times, batches = [], iter(loader)
     for _ in range(min(5, len(loader))):
         start = time.perf_counter()
-        next(batches)
+        batch = next(batches)
         times.append(time.perf_counter() - start)
-    return loader, statistics.median(times) * 1e3
+    return batch, statistics.median(times) * 1e3
 
 
-def _loss(
-    model: nn.Module,
-    batch: Batch,
-    device: torch.device,
-    dtype: torch.dtype,
-    channels_last: bool,
-    smoothing: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The training loop's forward pass and loss: (loss, logits, predicted labels)."""
-    with torch.profiler.record_function(LABEL.format("move")):
-        batch = move(batch, device, channels_last)
-        labels = batch.pop("labels")
-    with torch.profiler.record_function(LABEL.format("forward")):
-        with autocast(device, dtype):
-            logits = model(**batch)
-        predicted = predicted_labels(logits, labels)
-        loss = F.cross_entropy(
-            logits.float().flatten(0, -2), predicted.flatten(), ignore_index=IGNORE, label_smoothing=smoothing
-        )
-    return loss, logits, predicted
-
-
-def _train_step(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    batch: Batch,
-    device: torch.device,
-    dtype: torch.dtype,
-    channels_last: bool,
-    cfg: Config,
-) -> None:
-    """One batch and one optimizer step, as Trainer._train_epoch and _optimizer_step take them."""
-    tc = cfg.train
-    loss, logits, predicted = _loss(model, batch, device, dtype, channels_last, tc.label_smoothing)
-    with torch.profiler.record_function(LABEL.format("backward")):
-        scaler.scale(loss).backward()
-    # The loop reads the loss, and counts the hits, every batch.
-    with torch.profiler.record_function(LABEL.format("loss.item")):
-        loss.item()
-        ((logits.argmax(dim=-1) == predicted) & (predicted != IGNORE)).sum()
-    with torch.profiler.record_function(LABEL.format("optimizer")):
-        if tc.grad_clip is not None:
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-
-
-def _training_flops(
-    model: nn.Module,
-    batch: Batch,
-    device: torch.device,
-    dtype: torch.dtype,
-    channels_last: bool,
-    smoothing: float,
-) -> tuple[int, int]:
+def _training_flops(trainer: Trainer, batch: Batch) -> tuple[int, int]:
     """FLOPs of the batch's forward pass, and of forward and backward together."""
     counter = flop_counter()
     with counter:
-        loss, _, _ = _loss(model, batch, device, dtype, channels_last, smoothing)
+        loss, _, _ = trainer.loss(batch, trainer.model)
         forward = counter.get_total_flops()
         loss.backward()
-    model.zero_grad(set_to_none=True)
+    trainer.model.zero_grad(set_to_none=True)
     return forward, counter.get_total_flops()
 
 
-def saved_activation_bytes(
-    model: nn.Module,
-    batch: Batch,
-    device: torch.device,
-    dtype: torch.dtype,
-    channels_last: bool = False,
-    smoothing: float = 0.0,
-) -> int:
+def saved_activation_bytes(trainer: Trainer, batch: Batch) -> int:
     """Bytes that one forward pass (and its loss) keeps for backward: each storage once, the model's
     own parameters and buffers excluded (they live anyway)."""
+    model = trainer.model
     owned = {_storage_key(t) for t in [*model.parameters(), *model.buffers()]}
     seen: dict[tuple[str, int], int] = {}
 
@@ -462,7 +379,7 @@ def saved_activation_bytes(
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        loss, _, _ = _loss(model, batch, device, dtype, channels_last, smoothing)
+        loss, _, _ = trainer.loss(batch, model)
     del loss  # the graph, and what it saved, goes without a backward pass
     return sum(seen.values())
 
@@ -576,7 +493,7 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, cache: Path | None = N
         known = {}
     if isinstance(known.get(key), dict) and known[key].get("flops", 0) > 0:
         entry = known[key]
-        return float(entry["flops"]), f"{entry['size']}² {dtype_name} matmul, {threads} threads, cached"
+        return float(entry["flops"]), f"{entry['size']}² {dtype_name} matmul, {_threads(threads)}, cached"
     size = 4096 if device.type == "cuda" else 2048
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
@@ -596,7 +513,7 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, cache: Path | None = N
     known[key] = {"flops": flops, "size": size}
     with contextlib.suppress(OSError):  # a read-only home only costs a re-measurement next time
         atomic_write(cache, lambda tmp: Path(tmp).write_text(json.dumps(known, indent=2) + "\n"))
-    return flops, f"{size}² {dtype_name} matmul, {threads} threads, measured now"
+    return flops, f"{size}² {dtype_name} matmul, {_threads(threads)}, measured now"
 
 
 def _processor(device: torch.device) -> str:

@@ -98,6 +98,7 @@ def bert(
     heads: int = 4,
     intermediate_size: int = 1024,
     dropout: float = 0.3,
+    attention_dropout: float = 0.0,
     pretrained: str | None = None,
 ) -> nn.Module:
     """A small BERT (4 layers × 256, 7.4M weights with a 16k vocabulary) trained from scratch, or, with
@@ -120,5 +121,7 @@ def bert(
 
     from transformers import BertModel  # imported here: transformers takes seconds to import
 
-    config = bert_config(info, hidden_size, layers, heads, intermediate_size)
+    config = bert_config(
+        info, hidden_size, layers, heads, intermediate_size, attention_probs_dropout_prob=attention_dropout
+    )
     return BertClassifier(BertModel(config), info.num_classes, dropout)

@@ -54,9 +54,12 @@ def bert_mlm(
     heads: int = 4,
     intermediate_size: int = 1024,
     dropout: float = 0.1,
+    attention_dropout: float = 0.0,
 ) -> nn.Module:
     """The ``bert`` classifier's encoder (same default size) with BERT's masked-LM head, whose output
-    layer shares the word embeddings; fine-tune it with ``model.name=bert model.pretrained=RUN/hf``."""
+    layer shares the word embeddings; fine-tune it with ``model.name=bert model.pretrained=RUN/hf``.
+    Attention dropout is off by default, as in the classifier: on the CPU it forces the slow attention
+    kernel (see models/sequence.py)."""
     from transformers import BertForMaskedLM
 
     config = bert_config(
@@ -66,7 +69,7 @@ def bert_mlm(
         heads,
         intermediate_size,
         hidden_dropout_prob=dropout,
-        attention_probs_dropout_prob=dropout,
+        attention_probs_dropout_prob=attention_dropout,
     )
     return LanguageModel(BertForMaskedLM(config))
 

@@ -1,0 +1,88 @@
+"""benchmarks/: the harness runs every framework on a few steps of seed-cnn and writes what it promises."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import FASHION_DIR
+
+ROOT = Path(__file__).resolve().parent.parent
+FRAMEWORKS = ["plain", "bigmodel", "lightning", "hf"]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # benchmarks/ is a folder of the repository, not an installed package
+
+
+def run_module(*argv: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", *argv], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="Fashion-MNIST missing: `make test` installs it")
+def test_harness_measures_every_framework_and_reports(tmp_path: Path):
+    pytest.importorskip("pytorch_lightning")
+    pytest.importorskip("accelerate")
+    out = tmp_path / "results" / "seed-cnn.json"
+    steps = ["--steps", "6", "--warmup", "2", "--check-every", "3", "--val-examples", "256"]
+    run_module(
+        "benchmarks.harness",
+        *["--case", "seed-cnn", "--precision", "bf16", *steps, "--repeats", "1", "--threads", "1"],
+        *["--frameworks", ",".join(FRAMEWORKS), "--out", str(out)],
+        *["--target", "0"],  # reached at the first check: time_to_target is a number everywhere
+    )
+
+    doc = json.loads(out.read_text())
+    assert doc["case"] == "seed-cnn"
+    m = doc["measurements"]["bf16"]
+    assert m["machine"]["cores"] >= 1 and m["machine"]["versions"]["torch"]
+    assert m["data"]["train_examples"] == 6 * 128
+    assert [r["framework"] for r in m["runs"]] == FRAMEWORKS
+    for run in m["runs"]:
+        assert run["steps"] == 6
+        for key in ("samples_per_s", "step_seconds_median", "time_to_target_s", "peak_rss_mb"):
+            assert run[key] > 0, (run["framework"], key)
+        assert run["peak_rss_mb"] >= run["rss_at_start_mb"]
+        assert [c[0] for c in run["checks"]] == [3, 6]
+        assert run["options"]
+    # Same model, same batches in the same order, same optimizer: the same accuracy everywhere.
+    accuracies = {run["framework"]: run["final_accuracy"] for run in m["runs"]}
+    assert max(accuracies.values()) - min(accuracies.values()) <= 0.02, accuracies
+    assert m["summary"]["plain"]["vs_plain"] == pytest.approx(1.0)
+    assert all(row["reached"] == 1 for row in m["summary"].values())
+
+    results = tmp_path / "RESULTS.md"
+    run_module("benchmarks.report", "--results", str(out.parent), "--out", str(results))
+    text = results.read_text()
+    assert "## seed-cnn on Fashion-MNIST, bf16" in text
+    assert "(d) Hugging Face Trainer" in text and "What each framework is told" in text
+
+
+def test_peer_loader_draws_bigmodels_batches():
+    """The peers' DataLoader yields bigmodel's BatchLoader's batches, in its order, transformed alike."""
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from benchmarks.cases import Collate, EpochOrder
+    from bigmodel.data import BatchLoader, TensorSplit
+    from bigmodel.data.text import TextTransform
+
+    ids = torch.randint(5, 100, (96, 12), dtype=torch.int32)
+    mask = torch.arange(12) < torch.randint(3, 13, (96, 1))  # (96, 12): texts of 3 to 12 tokens
+    split = TensorSplit({"input_ids": ids * mask, "attention_mask": mask}, torch.randint(0, 2, (96,)))
+    ours = BatchLoader(split, 16, TextTransform(), shuffle=True, seed=3, drop_last=True)
+    peers = DataLoader(
+        TensorDataset(*split.features.values(), split.labels),
+        batch_size=16,
+        sampler=EpochOrder(len(split), seed=3),
+        drop_last=True,
+        collate_fn=Collate(list(split.features), TextTransform()),
+    )
+    batches = list(zip(ours, peers, strict=True))
+    assert len(batches) == 6
+    for a, b in batches:
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), key
