@@ -86,7 +86,9 @@ def test_integrated_gradients_add_up_on_texts(text_runs: dict[str, Path], model:
 
     tokenizer = AutoTokenizer.from_pretrained(str(run.paths.tokenizer))
     for text, label in ((POSITIVE, "pos"), (NEGATIVE, "neg")):
-        (e,) = explain_inputs(run, [text])
+        # The transformer's logit bends sharply along the path: 64 steps (the default) miss by ~18 %,
+        # which the printed convergence delta shows; 256 meet 5 %.
+        (e,) = explain_inputs(run, [text], steps=256)
         assert e.predicted == label and e.input == text
         assert len(e.tokens) == len(e.attributions) and "[PAD]" not in e.tokens
         ids = torch.tensor([tokenizer.convert_tokens_to_ids(e.tokens)])
