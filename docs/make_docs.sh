@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Rebuilds everything in docs/ from two trained runs; each file is made by the command above it.
 #   bigmodel train configs/optimizers/sgd-momentum.yaml      -> runs/opt-sgd-momentum (Fashion-MNIST)
-#   bigmodel train configs/imdb-bert-pretrained.yaml         -> runs/imdb-bert-pretrained (IMDB)
+#   bigmodel train configs/imdb-bert-pretrained.yaml model.pretrained=null name=imdb-bert-random
+#                                                            -> runs/imdb-bert-random (IMDB, bert from scratch)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FASHION_RUN=${FASHION_RUN:-runs/opt-sgd-momentum}
-IMDB_RUN=${IMDB_RUN:-runs/imdb-bert-pretrained}
+IMDB_RUN=${IMDB_RUN:-runs/imdb-bert-random}
 mkdir -p docs/fashion-mnist docs/imdb
 
 # Two test images of Fashion-MNIST as PNG files, the way a user would hand them to bigmodel.
