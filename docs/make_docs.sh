@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rebuilds everything in docs/ from two trained runs; each file is made by the command above it.
 #   bigmodel train configs/optimizers/sgd-momentum.yaml      -> runs/opt-sgd-momentum (Fashion-MNIST)
-#   bigmodel train configs/imdb-bert-pretrained.yaml model.pretrained=null name=imdb-bert-random
+#   bigmodel train configs/imdb-bert-pretrained.yaml model.pretrained=null model.attention_dropout=0.1 name=imdb-bert-random
 #                                                            -> runs/imdb-bert-random (IMDB, bert from scratch)
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -173,7 +173,8 @@ def test_an_interrupted_pretraining_run_resumes_exactly(tmp_path: Path):
     proc = bigmodel("pretrain", *args, f"--out={run}")
     wait_for_checkpoint(run, 50, proc)
     proc.send_signal(signal.SIGTERM)
-    proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM
+    assert f"continue with: bigmodel pretrain --resume {run}" in err
     resume(run)
     assert_same_run(reference, run)

@@ -158,7 +158,8 @@ def _fit_and_report(trainer: Trainer, paths: RunPaths | None) -> Path | None:
         newest = step_checkpoints(paths.checkpoints)
         kept = f"checkpoint {newest[0].tag} (epoch {trainer.epoch})" if newest else "no checkpoint"
         if isinstance(exc, Interrupted):
-            resume = f"bigmodel train --resume {paths.root}"
+            command = "pretrain" if trainer.data.info.kind in LANGUAGE_MODELLING else "train"
+            resume = f"bigmodel {command} --resume {paths.root}"
             raise Interrupted(f"{exc}; saved {kept}; continue with: {resume}", exc.signum) from None
         raise TrainingDiverged(f"{exc}; {kept} is kept") from None
     if paths is None:
