@@ -265,14 +265,7 @@ def predict(run: str | Path, inputs: list[str], top_k: int = 3) -> list[dict[str
             f"{run} is a pretrained language model, not a classifier: continue text with bigmodel generate "
             "(clm), or fine-tune it with model.name=bert model.pretrained=RUN/hf (mlm)"
         )
-    if loaded.info.kind == "text":
-        from bigmodel.data.text import prepare_texts
-
-        features = prepare_texts(inputs, loaded.paths.tokenizer, loaded.info)
-    else:
-        from bigmodel.data.vision import image_transform, prepare_images
-
-        features = image_transform(loaded.info)({"pixels": prepare_images(inputs, loaded.info)})
+    features = loaded.encode(inputs)
     with torch.inference_mode():
         probs = torch.softmax(loaded.model(**features).float(), dim=1)
     k = min(top_k, probs.shape[1])

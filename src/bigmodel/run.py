@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.nn as nn
 import yaml
 
@@ -120,6 +121,17 @@ class Run:
         load_weights(model, paths.checkpoints / f"{checkpoint}.safetensors")
         model.eval()
         return cls(paths, config, info, model)
+
+    def encode(self, inputs: list[str]) -> dict[str, torch.Tensor]:
+        """Image files (image runs) or texts (text runs) as ``model(**features)`` takes them, encoded
+        exactly as the training data were."""
+        if self.info.kind == "text":
+            from bigmodel.data.text import prepare_texts
+
+            return prepare_texts(inputs, self.paths.tokenizer, self.info)
+        from bigmodel.data.vision import image_transform, prepare_images
+
+        return image_transform(self.info)({"pixels": prepare_images(inputs, self.info)})
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -122,7 +122,7 @@ def explain_inputs(
     """Explain image files (image runs) or texts (text runs), encoded exactly as ``predict`` encodes
     them, for the class named ``target`` (default: each input's predicted class)."""
     targets = _targets(run, target, method, steps, len(inputs))
-    return explain_features(run, _encode(run, inputs), targets, method, steps, names=inputs)
+    return explain_features(run, run.encode(inputs), targets, method, steps, names=inputs)
 
 
 def _check_classifier(run: Run) -> None:
@@ -152,16 +152,6 @@ def _targets(run: Run, target: str | None, method: str, steps: int, n: int) -> l
     if target not in classes:
         raise UserError(f"--target {target} is not a class of this run; its classes: {', '.join(classes)}")
     return [classes.index(target)] * n
-
-
-def _encode(run: Run, inputs: list[str]) -> dict[str, torch.Tensor]:
-    if run.info.kind == "text":
-        from bigmodel.data.text import prepare_texts
-
-        return prepare_texts(inputs, run.paths.tokenizer, run.info)
-    from bigmodel.data.vision import image_transform, prepare_images
-
-    return image_transform(run.info)({"pixels": prepare_images(inputs, run.info)})
 
 
 def _explain_image(
@@ -413,7 +403,7 @@ def explain_to_files(
     """``bigmodel explain``: each explanation with the files written for it into ``out``. Images:
     ``<stem>-<method>.png``; texts: ``text-<i>.html``; runs with attention also ``<name>-attention.png``."""
     targets = _targets(run, target, method, steps, len(inputs))
-    features = _encode(run, inputs)
+    features = run.encode(inputs)
     explanations = explain_features(run, features, targets, method, steps, names=inputs)
     out.mkdir(parents=True, exist_ok=True)
     written = []

@@ -150,7 +150,7 @@ class Profile:
             ("optimizer state", f"{self.optimizer_state_mb:.2f} MB"),
             (
                 "FLOPs/example",
-                f"forward {_si(self.forward_flops)}, training {_si(self.train_flops)} "
+                f"forward {si(self.forward_flops)}, training {si(self.train_flops)} "
                 f"({ratio:.2f}× forward){at}",
             ),
             (
@@ -194,11 +194,12 @@ class Profile:
         return "\n".join(lines)
 
 
-def _si(value: float) -> str:
+def si(value: float, spec: str = ".3g") -> str:
+    """``value`` with an SI prefix (k, M, G, T) and a space before the unit that follows."""
     for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if value >= scale:
-            return f"{value / scale:.3g} {unit}"
-    return f"{value:.3g}"
+            return f"{value / scale:{spec}} {unit}"
+    return f"{value:{spec}}"
 
 
 def _threads(n: int) -> str:
@@ -206,7 +207,7 @@ def _threads(n: int) -> str:
 
 
 def _bytes(value: float) -> str:
-    return _si(value) + "B" if value >= 1e3 else f"{value:.0f} B"
+    return si(value) + "B" if value >= 1e3 else f"{value:.0f} B"
 
 
 # ----------------------------------------------------------------------------------------- sources

@@ -24,6 +24,7 @@ from matplotlib.figure import Figure
 
 from bigmodel.data import DataBundle
 from bigmodel.engine.trainer import LANGUAGE_MODELLING
+from bigmodel.evaluation.profile import forward_flops, si
 from bigmodel.run import Run, RunPaths, count_parameters, read_config
 
 DPI = 100  # CSS pixels per figure inch; the PNGs hold twice as many, sharp on high-density screens
@@ -82,7 +83,6 @@ def build_report(run: str | Path, out: Path | None = None, mistakes: int = 8) ->
     """Write the run's report page (default ``RUN/report.html``) and return its path."""
     from bigmodel import api
     from bigmodel.evaluation.metrics import classification_metrics
-    from bigmodel.evaluation.profile import forward_flops
 
     files = RunFiles.read(Path(run))
     if files.kind in LANGUAGE_MODELLING:  # no classes: no confusion, calibration or mistakes
@@ -303,7 +303,7 @@ def _size(model: nn.Module, files: RunFiles, flops: int | None) -> str:
     ]
     note = ""
     if flops is not None:  # language models: not counted (it would need their test split tokenized)
-        rows.insert(2, ["FLOPs per example, forward", si(flops) + "FLOPs"])
+        rows.insert(2, ["FLOPs per example, forward", si(flops, ".2f") + "FLOPs"])
         note = (
             '<p class="note">FLOPs: counted by PyTorch\'s FlopCounterMode on the first test example; '
             "matrix products, convolutions and attention, two per multiply-add</p>"
@@ -317,13 +317,6 @@ def _size(model: nn.Module, files: RunFiles, flops: int | None) -> str:
 def fmt(value: Any, spec: str = "", unit: str = "") -> str:
     """A value for a table cell; a dash when the run did not record it."""
     return "—" if value is None else f"{value:{spec}}{unit}"
-
-
-def si(value: float) -> str:
-    for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if value >= factor:
-            return f"{value / factor:.2f} {prefix}"
-    return f"{value:.0f}"
 
 
 def section(title: str, body: str) -> str:
