@@ -29,6 +29,7 @@ MLM_ARGS = [
     "data.vocab_size=800",
     "model.name=bert-mlm",
     "model.intermediate_size=64",
+    "model.max_positions=48",  # room for a second stage on longer blocks
     *TINY,
     "train.epochs=2",
     "train.batch_size=32",
@@ -131,6 +132,28 @@ def test_mlm_round_trips_through_hugging_face_and_fine_tunes(mlm_run: Path, tmp_
     assert main(["train", *args, f"--out={tmp_path / 'fine-tuned'}"]) == 0
 
 
+def test_a_second_stage_continues_from_the_first_on_longer_blocks(mlm_run: Path, tmp_path: Path):
+    from transformers import AutoModelForMaskedLM
+
+    hf = mlm_run / "hf"
+    stage2 = ["data.name=rotten-tomatoes", "data.objective=mlm", "data.limit=300", f"data.tokenizer={hf}"]
+    stage2 += ["model.name=bert-mlm", f"model.pretrained={hf}", "train.epochs=1", "train.progress=false"]
+    # The first stage's weights, not new ones: its validation loss on the new blocks to begin with.
+    info = build_lm_data(load_config(None, [*stage2, "data.max_length=48"]).data).info
+    continued = build_model(ModelConfig(name="bert-mlm", pretrained=str(hf)), info)
+    assert torch.equal(
+        continued.embeddings.weight, AutoModelForMaskedLM.from_pretrained(hf).get_input_embeddings().weight
+    )
+    out = tmp_path / "stage2"
+    assert main(["pretrain", *stage2, "data.max_length=48", f"--out={out}"]) == 0
+    config = json.loads((out / "hf" / "config.json").read_text())
+    assert (config["max_position_embeddings"], config["hidden_size"]) == (48, 32)
+    # The first stage left room for 48 positions, no more.
+    with pytest.raises(UserError, match="reads at most 48 tokens; set data.max_length to at most that"):
+        train(load_config(None, [*stage2, "data.max_length=64"]), out=tmp_path / "too-long")
+    assert not (tmp_path / "too-long").exists()
+
+
 def test_generation_is_repeatable_for_a_seed(gpt_run: Path, capsys: pytest.CaptureFixture):
     first = generate(gpt_run, "This movie", max_new_tokens=12, seed=3)
     assert first.startswith("this movie")
@@ -162,6 +185,8 @@ def test_language_model_mistakes_are_one_line_errors(
         predict(mlm_run, ["a fine film"])
     with pytest.raises(UserError, match="model 'bert-mlm' is pretrained with data.objective=mlm"):
         train(load_config(None, ["data.name=rotten-tomatoes", "model.name=bert-mlm"]))
+    with pytest.raises(UserError, match="model.max_positions=16 is shorter than data.max_length=32"):
+        train(load_config(None, [*MLM_ARGS, "model.max_positions=16"]))
 
 
 @pytest.mark.slow

@@ -50,11 +50,13 @@ class BertClassifier(nn.Module):
         return self.head(self.dropout(out.pooler_output)), list(out.attentions)  # each (B, heads, L, L)
 
 
-def load_pretrained(name: str) -> Any:
-    from transformers import BertModel
+def load_pretrained(name: str, kind: Any = None) -> Any:
+    """``kind`` (a transformers class, default ``BertModel``) loaded from a saved directory or hub id."""
+    if kind is None:
+        from transformers import BertModel as kind
 
     try:
-        return BertModel.from_pretrained(name, attn_implementation="sdpa")
+        return kind.from_pretrained(name, attn_implementation="sdpa")
     except (OSError, ValueError) as exc:  # missing files, unreachable hub, malformed id or config
         if Path(name).is_dir():
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -65,16 +67,43 @@ def load_pretrained(name: str) -> Any:
         ) from None
 
 
+def check_fits(config: Any, info: DataInfo, pretrained: str) -> None:
+    """A pretrained BERT reads these data only with the tokenizer it learned and within its positions."""
+    if config.vocab_size != info.vocab_size:
+        raise UserError(
+            f"pretrained model {pretrained} has a vocabulary of {config.vocab_size} tokens but "
+            f"the data's tokenizer has {info.vocab_size}; set data.tokenizer={pretrained} so the token "
+            "ids mean what the model learned"
+        )
+    if config.max_position_embeddings < info.input_shape[0]:
+        raise UserError(
+            f"pretrained model {pretrained} reads at most {config.max_position_embeddings} "
+            f"tokens; set data.max_length to at most that (it is {info.input_shape[0]})"
+        )
+
+
 def check_heads(hidden_size: int, heads: int) -> None:
     if heads <= 0 or hidden_size % heads:
         raise UserError(f"model.hidden_size={hidden_size} must be a multiple of model.heads={heads}")
 
 
 def bert_config(
-    info: DataInfo, hidden_size: int, layers: int, heads: int, intermediate_size: int, **extra: Any
+    info: DataInfo,
+    hidden_size: int,
+    layers: int,
+    heads: int,
+    intermediate_size: int,
+    max_positions: int | None = None,
+    **extra: Any,
 ) -> Any:
-    """The ``BertConfig`` of a BERT sized by these settings and by the data (vocabulary, length)."""
+    """The ``BertConfig`` of a BERT sized by these settings and by the data (vocabulary, length).
+    ``max_positions`` defaults to the data's length; more lets a later stage read longer texts."""
     check_heads(hidden_size, heads)
+    if max_positions is not None and max_positions < info.input_shape[0]:
+        raise UserError(
+            f"model.max_positions={max_positions} is shorter than data.max_length={info.input_shape[0]}; "
+            "set it to at least that"
+        )
     from transformers import BertConfig
 
     return BertConfig(
@@ -83,7 +112,7 @@ def bert_config(
         num_hidden_layers=layers,
         num_attention_heads=heads,
         intermediate_size=intermediate_size,
-        max_position_embeddings=info.input_shape[0],  # positions are learned; the data never runs longer
+        max_position_embeddings=max_positions or info.input_shape[0],  # learned, one row per position
         pad_token_id=info.pad_token_id,
         attn_implementation="sdpa",
         **extra,
@@ -103,20 +132,9 @@ def bert(
 ) -> nn.Module:
     """A small BERT (4 layers × 256, 7.4M weights with a 16k vocabulary) trained from scratch, or, with
     ``pretrained``, a saved encoder whose own config replaces the size settings."""
-    max_length = info.input_shape[0]
     if pretrained is not None:
         encoder = load_pretrained(pretrained)
-        if encoder.config.vocab_size != info.vocab_size:
-            raise UserError(
-                f"pretrained model {pretrained} has a vocabulary of {encoder.config.vocab_size} tokens but "
-                f"the data's tokenizer has {info.vocab_size}; set data.tokenizer={pretrained} so the token "
-                "ids mean what the model learned"
-            )
-        if encoder.config.max_position_embeddings < max_length:
-            raise UserError(
-                f"pretrained model {pretrained} reads at most {encoder.config.max_position_embeddings} "
-                f"tokens; set data.max_length to at most that (it is {max_length})"
-            )
+        check_fits(encoder.config, info, pretrained)
         return BertClassifier(encoder, info.num_classes, dropout)
 
     from transformers import BertModel  # imported here: transformers takes seconds to import

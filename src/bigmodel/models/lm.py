@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from bigmodel.data.bundle import DataInfo
 from bigmodel.models import register_model
-from bigmodel.models.bert import bert_config, check_heads
+from bigmodel.models.bert import bert_config, check_fits, check_heads, load_pretrained
 
 
 class LanguageModel(nn.Module):
@@ -55,19 +55,30 @@ def bert_mlm(
     intermediate_size: int = 1024,
     dropout: float = 0.1,
     attention_dropout: float = 0.0,
+    max_positions: int | None = None,
+    pretrained: str | None = None,
 ) -> nn.Module:
     """The ``bert`` classifier's encoder (same default size) with BERT's masked-LM head, whose output
     layer shares the word embeddings; fine-tune it with ``model.name=bert model.pretrained=RUN/hf``.
     Attention dropout is off by default, as in the classifier: on the CPU it forces the slow attention
-    kernel (see models/sequence.py)."""
+    kernel (see models/sequence.py).
+
+    Two stages, as BERT itself was pretrained (short blocks first, then long): ``max_positions``
+    above ``data.max_length`` leaves room for the longer blocks, and ``pretrained`` (an earlier
+    stage's ``RUN/hf``) continues from its weights, whose config replaces the size settings."""
     from transformers import BertForMaskedLM
 
+    if pretrained is not None:
+        hf = load_pretrained(pretrained, BertForMaskedLM)
+        check_fits(hf.config, info, pretrained)
+        return LanguageModel(hf)
     config = bert_config(
         info,
         hidden_size,
         layers,
         heads,
         intermediate_size,
+        max_positions,
         hidden_dropout_prob=dropout,
         attention_probs_dropout_prob=attention_dropout,
     )
@@ -76,9 +87,15 @@ def bert_mlm(
 
 @register_model("gpt", "clm")
 def gpt(
-    info: DataInfo, hidden_size: int = 256, layers: int = 4, heads: int = 4, dropout: float = 0.1
+    info: DataInfo,
+    hidden_size: int = 256,
+    layers: int = 4,
+    heads: int = 4,
+    dropout: float = 0.1,
+    attention_dropout: float = 0.0,
 ) -> nn.Module:
-    """A GPT-2 decoder (pre-LN blocks, learned positions, output layer tied to the embeddings)."""
+    """A GPT-2 decoder (pre-LN blocks, learned positions, output layer tied to the embeddings).
+    Attention dropout is off by default, as for ``bert-mlm``."""
     check_heads(hidden_size, heads)
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -90,7 +107,7 @@ def gpt(
         n_head=heads,
         resid_pdrop=dropout,
         embd_pdrop=dropout,
-        attn_pdrop=dropout,
+        attn_pdrop=attention_dropout,
         pad_token_id=info.pad_token_id,
         bos_token_id=None,  # GPT-2's own 50256 lies outside a trained vocabulary; the run's tokenizer
         eos_token_id=None,  # sets them on export (RUN/hf) and at generation
