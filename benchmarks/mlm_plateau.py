@@ -1,0 +1,94 @@
+"""How many steps a masked LM needs before it uses its context, on a task any encoder should learn fast.
+
+    python -m benchmarks.mlm_plateau --model hf-bert|hf-roberta-preln|torch-post|torch-pre [--steps 600]
+
+Sequences of 32 tokens drawn at random from 1,000 ids, each id twice in a row (a a b b c c ...), 15 % of
+the positions replaced by [MASK]. A masked token is the other token of its pair, so a model that attends
+to its neighbour gets it right, and one that does not stays at chance (loss ln 995 ≈ 6.9). Every model
+here is 4 layers × 256, 4 heads, feed-forward 1024, no dropout, trained with AdamW on batches of 64.
+
+Why: on IMDB, bigmodel's small BERT sat on the plateau of the commonest words for thousands of steps
+(issue 5). This separates the architecture from the data; the figures are in benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+VOCAB, LENGTH, BATCH, WIDTH, LAYERS, HEADS, FFN, MASK = 1000, 32, 64, 256, 4, 4, 1024, 1
+
+
+class TorchEncoder(nn.Module):
+    """PyTorch's ``nn.TransformerEncoder`` with learned positions (std 0.02, as BERT's) and a linear head."""
+
+    def __init__(self, pre_norm: bool):
+        super().__init__()
+        self.tokens, self.positions = nn.Embedding(VOCAB, WIDTH), nn.Embedding(LENGTH, WIDTH)
+        for table in (self.tokens, self.positions):
+            nn.init.normal_(table.weight, std=0.02)
+        layer = nn.TransformerEncoderLayer(WIDTH, HEADS, FFN, 0.0, batch_first=True, norm_first=pre_norm)
+        self.encoder = nn.TransformerEncoder(layer, LAYERS, enable_nested_tensor=False)
+        self.head = nn.Linear(WIDTH, VOCAB)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(self.tokens(input_ids) + self.positions.weight[: input_ids.shape[1]]))
+
+
+def build(name: str) -> nn.Module:
+    if name.startswith("torch-"):
+        return TorchEncoder(pre_norm=name == "torch-pre")
+    import transformers
+
+    kind = "Bert" if name == "hf-bert" else "RobertaPreLayerNorm"
+    config = getattr(transformers, f"{kind}Config")(
+        vocab_size=VOCAB,
+        hidden_size=WIDTH,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        intermediate_size=FFN,
+        max_position_embeddings=LENGTH + 2,  # RoBERTa counts positions from pad + 1
+        pad_token_id=0,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    hf = getattr(transformers, f"{kind}ForMaskedLM")(config)
+    return lambda input_ids: hf(input_ids=input_ids).logits, hf  # type: ignore[return-value]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.mlm_plateau", description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--model", choices=("hf-bert", "hf-roberta-preln", "torch-post", "torch-pre"), required=True
+    )
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    torch.manual_seed(args.seed)
+    built = build(args.model)
+    forward, module = built if isinstance(built, tuple) else (built, built)
+    optimizer = torch.optim.AdamW(module.parameters(), lr=args.lr)
+    reached = None
+    for step in range(1, args.steps + 1):
+        ids = torch.randint(5, VOCAB, (BATCH, LENGTH // 2)).repeat_interleave(2, dim=1)
+        masked = torch.rand(BATCH, LENGTH) < 0.15
+        logits = forward(ids.masked_fill(masked, MASK))[masked]
+        loss = F.cross_entropy(logits, ids[masked])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        accuracy = (logits.argmax(-1) == ids[masked]).float().mean().item()
+        if reached is None and accuracy >= 0.5:
+            reached = step
+        if step % 25 == 0:
+            print(f"{args.model} step {step}: loss {loss.item():.3f}, masked-token accuracy {accuracy:.3f}")
+    print(f"{args.model}: first step at 50 % accuracy: {reached or f'not within {args.steps}'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
