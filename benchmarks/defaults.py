@@ -102,7 +102,7 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    p.add_argument("--out", default="benchmarks/results/defaults.json")
+    p.add_argument("--out", default="benchmarks/results/extra/defaults.json")
     p.add_argument("--worker", choices=("plain", "bigmodel"), help=argparse.SUPPRESS)
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args()

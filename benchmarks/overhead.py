@@ -96,7 +96,7 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=8, help="timed rounds per loop, alternating")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--bigmodel-set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--out", default="benchmarks/results/overhead.json")
+    p.add_argument("--out", default="benchmarks/results/extra/overhead.json")
     args = p.parse_args()
     result = measure(args.case, args.precision, args.batches, args.rounds, args.threads, args.bigmodel_set)
     result["machine"] = machine()
