@@ -1,6 +1,7 @@
 """How many steps a masked LM needs before it uses its context, on a task any encoder should learn fast.
 
     python -m benchmarks.mlm_plateau --model hf-bert|hf-roberta-preln|torch-post|torch-pre [--steps 600]
+        [--parts embed-norm,final-norm,bert-head,tied,gelu]
 
 Sequences of 32 tokens drawn at random from 1,000 ids, each id twice in a row (a a b b c c ...), 15 % of
 the positions replaced by [MASK]. A masked token is the other token of its pair, so a model that attends
@@ -22,25 +23,44 @@ import torch.nn.functional as F
 VOCAB, LENGTH, BATCH, WIDTH, LAYERS, HEADS, FFN, MASK = 1000, 32, 64, 256, 4, 4, 1024, 1
 
 
-class TorchEncoder(nn.Module):
-    """PyTorch's ``nn.TransformerEncoder`` with learned positions (std 0.02, as BERT's) and a linear head."""
+PARTS = ("embed-norm", "final-norm", "bert-head", "tied", "gelu")
 
-    def __init__(self, pre_norm: bool):
+
+class TorchEncoder(nn.Module):
+    """PyTorch's ``nn.TransformerEncoder`` with learned positions (std 0.02, as BERT's) and a linear head;
+    ``parts`` adds pieces of Hugging Face's BERT/RoBERTa one at a time: a LayerNorm on the embeddings, one
+    after the last layer, BERT's prediction-head transform (dense, GELU, LayerNorm), an output layer tied
+    to the embeddings, GELU in the feed-forward layers."""
+
+    def __init__(self, pre_norm: bool, parts: set[str]):
         super().__init__()
         self.tokens, self.positions = nn.Embedding(VOCAB, WIDTH), nn.Embedding(LENGTH, WIDTH)
         for table in (self.tokens, self.positions):
             nn.init.normal_(table.weight, std=0.02)
-        layer = nn.TransformerEncoderLayer(WIDTH, HEADS, FFN, 0.0, batch_first=True, norm_first=pre_norm)
+        activation = "gelu" if "gelu" in parts else "relu"
+        layer = nn.TransformerEncoderLayer(
+            WIDTH, HEADS, FFN, 0.0, activation, batch_first=True, norm_first=pre_norm
+        )
         self.encoder = nn.TransformerEncoder(layer, LAYERS, enable_nested_tensor=False)
+        self.embed_norm = nn.LayerNorm(WIDTH) if "embed-norm" in parts else nn.Identity()
+        self.final_norm = nn.LayerNorm(WIDTH) if "final-norm" in parts else nn.Identity()
+        self.transform = (
+            nn.Sequential(nn.Linear(WIDTH, WIDTH), nn.GELU(), nn.LayerNorm(WIDTH))
+            if "bert-head" in parts
+            else nn.Identity()
+        )
         self.head = nn.Linear(WIDTH, VOCAB)
+        if "tied" in parts:
+            self.head.weight = self.tokens.weight
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encoder(self.tokens(input_ids) + self.positions.weight[: input_ids.shape[1]]))
+        x = self.embed_norm(self.tokens(input_ids) + self.positions.weight[: input_ids.shape[1]])
+        return self.head(self.transform(self.final_norm(self.encoder(x))))
 
 
-def build(name: str) -> nn.Module:
+def build(name: str, parts: set[str]) -> nn.Module:
     if name.startswith("torch-"):
-        return TorchEncoder(pre_norm=name == "torch-pre")
+        return TorchEncoder(name == "torch-pre", parts)
     import transformers
 
     kind = "Bert" if name == "hf-bert" else "RobertaPreLayerNorm"
@@ -67,9 +87,13 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--parts", default="", help=f"torch-* only: comma-separated, of {', '.join(PARTS)}")
     args = p.parse_args()
+    parts = set(filter(None, args.parts.split(",")))
+    if parts - set(PARTS) or (parts and not args.model.startswith("torch-")):
+        p.error(f"--parts takes {', '.join(PARTS)}, with a torch-* model")
     torch.manual_seed(args.seed)
-    built = build(args.model)
+    built = build(args.model, parts)
     forward, module = built if isinstance(built, tuple) else (built, built)
     optimizer = torch.optim.AdamW(module.parameters(), lr=args.lr)
     reached = None
@@ -86,7 +110,8 @@ def main() -> int:
             reached = step
         if step % 25 == 0:
             print(f"{args.model} step {step}: loss {loss.item():.3f}, masked-token accuracy {accuracy:.3f}")
-    print(f"{args.model}: first step at 50 % accuracy: {reached or f'not within {args.steps}'}")
+    label = args.model + "".join(f" +{part}" for part in sorted(parts))
+    print(f"{label}: first step at 50 % accuracy: {reached or f'not within {args.steps}'}")
     return 0
 
 
