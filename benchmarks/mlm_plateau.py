@@ -23,14 +23,15 @@ import torch.nn.functional as F
 VOCAB, LENGTH, BATCH, WIDTH, LAYERS, HEADS, FFN, MASK = 1000, 32, 64, 256, 4, 4, 1024, 1
 
 
-PARTS = ("embed-norm", "final-norm", "bert-head", "tied", "gelu")
+PARTS = ("embed-norm", "final-norm", "bert-head", "tied", "gelu", "hf-init")
 
 
 class TorchEncoder(nn.Module):
     """PyTorch's ``nn.TransformerEncoder`` with learned positions (std 0.02, as BERT's) and a linear head;
-    ``parts`` adds pieces of Hugging Face's BERT/RoBERTa one at a time: a LayerNorm on the embeddings, one
-    after the last layer, BERT's prediction-head transform (dense, GELU, LayerNorm), an output layer tied
-    to the embeddings, GELU in the feed-forward layers."""
+        ``parts`` adds pieces of Hugging Face's BERT/RoBERTa one at a time: a LayerNorm on the embeddings, one
+        after the last layer, BERT's prediction-head transform (dense, GELU, LayerNorm), an output layer tied
+        to the embeddings, GELU in the feed-forward layers, Hugging Face's initialisation (every weight matrix
+    normal with std 0.02, biases 0) instead of PyTorch's."""
 
     def __init__(self, pre_norm: bool, parts: set[str]):
         super().__init__()
@@ -50,6 +51,12 @@ class TorchEncoder(nn.Module):
             else nn.Identity()
         )
         self.head = nn.Linear(WIDTH, VOCAB)
+        if "hf-init" in parts:
+            for name, weight in self.named_parameters():
+                if weight.ndim == 2 and not name.startswith(("tokens", "positions")):
+                    nn.init.normal_(weight, std=0.02)
+                elif name.endswith("bias"):
+                    nn.init.zeros_(weight)
         if "tied" in parts:
             self.head.weight = self.tokens.weight
 
