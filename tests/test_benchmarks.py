@@ -86,3 +86,39 @@ def test_peer_loader_draws_bigmodels_batches():
         assert a.keys() == b.keys()
         for key in a:
             assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="Fashion-MNIST missing: `make test` installs it")
+def test_overhead_times_both_steps_in_alternating_rounds(tmp_path: Path):
+    out = tmp_path / "overhead.json"
+    run_module(
+        "benchmarks.overhead",
+        *["--case", "seed-cnn", "--precision", "fp32", "--batches", "2", "--rounds", "3", "--out", str(out)],
+    )
+    result = json.loads(out.read_text())["seed-cnn-fp32"]
+    assert [len(result["samples_per_s"][name]) for name in ("plain", "bigmodel")] == [3, 3]
+    assert all(speed > 0 for speeds in result["samples_per_s"].values() for speed in speeds)
+    low, high = result["ratio_range"]
+    assert 0 < low <= result["ratio_median"] <= high
+
+
+def test_mlm_plateau_runs_each_kind_of_model_and_refuses_parts_it_cannot_add():
+    for model in ("torch-pre", "hf-bert"):
+        proc = subprocess.run(
+            [sys.executable, "-m", "benchmarks.mlm_plateau", "--model", model, "--steps", "25"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        # 25 steps: every model is still at chance, so the loss is near ln 995 and none reached 50 %.
+        loss = float(proc.stdout.split("step 25: loss ")[1].split(",")[0])
+        assert 6.0 < loss < 8.0
+        assert proc.stdout.strip().endswith("first step at 50 % accuracy: not within 25")
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.mlm_plateau", "--model", "hf-bert", "--parts", "tied"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2 and "--parts takes" in proc.stderr.strip().splitlines()[-1]
