@@ -65,6 +65,17 @@ class TorchEncoder(nn.Module):
         return self.head(self.transform(self.final_norm(self.encoder(x))))
 
 
+class Logits(nn.Module):
+    """A Hugging Face masked LM as a module that maps ids to logits, like ``TorchEncoder``."""
+
+    def __init__(self, hf: nn.Module):
+        super().__init__()
+        self.hf = hf
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.hf(input_ids=input_ids).logits
+
+
 def build(name: str, parts: set[str]) -> nn.Module:
     if name.startswith("torch-"):
         return TorchEncoder(name == "torch-pre", parts)
@@ -83,7 +94,7 @@ def build(name: str, parts: set[str]) -> nn.Module:
         attention_probs_dropout_prob=0.0,
     )
     hf = getattr(transformers, f"{kind}ForMaskedLM")(config)
-    return lambda input_ids: hf(input_ids=input_ids).logits, hf  # type: ignore[return-value]
+    return Logits(hf)
 
 
 def main() -> int:
@@ -100,14 +111,13 @@ def main() -> int:
     if parts - set(PARTS) or (parts and not args.model.startswith("torch-")):
         p.error(f"--parts takes {', '.join(PARTS)}, with a torch-* model")
     torch.manual_seed(args.seed)
-    built = build(args.model, parts)
-    forward, module = built if isinstance(built, tuple) else (built, built)
-    optimizer = torch.optim.AdamW(module.parameters(), lr=args.lr)
+    model = build(args.model, parts)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
     reached = None
     for step in range(1, args.steps + 1):
         ids = torch.randint(5, VOCAB, (BATCH, LENGTH // 2)).repeat_interleave(2, dim=1)
         masked = torch.rand(BATCH, LENGTH) < 0.15
-        logits = forward(ids.masked_fill(masked, MASK))[masked]
+        logits = model(ids.masked_fill(masked, MASK))[masked]
         loss = F.cross_entropy(logits, ids[masked])
         optimizer.zero_grad()
         loss.backward()

@@ -138,8 +138,9 @@ def test_a_second_stage_continues_from_the_first_on_longer_blocks(mlm_run: Path,
     hf = mlm_run / "hf"
     stage2 = ["data.name=rotten-tomatoes", "data.objective=mlm", "data.limit=300", f"data.tokenizer={hf}"]
     stage2 += ["model.name=bert-mlm", f"model.pretrained={hf}", "train.epochs=1", "train.progress=false"]
-    # The first stage's weights, not new ones: its validation loss on the new blocks to begin with.
-    info = build_lm_data(load_config(None, [*stage2, "data.max_length=48"]).data).info
+    # The second stage starts from the first stage's weights, not new ones, on blocks of 48.
+    info = Run.load(mlm_run).info
+    info = type(info)(**{**info.to_dict(), "input_shape": [48]})
     continued = build_model(ModelConfig(name="bert-mlm", pretrained=str(hf)), info)
     assert torch.equal(
         continued.embeddings.weight, AutoModelForMaskedLM.from_pretrained(hf).get_input_embeddings().weight
