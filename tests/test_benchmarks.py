@@ -103,9 +103,9 @@ def test_overhead_times_both_steps_in_alternating_rounds(tmp_path: Path):
 
 
 def test_mlm_plateau_runs_each_kind_of_model_and_refuses_parts_it_cannot_add():
-    for model in ("torch-pre", "hf-bert"):
+    for model in (["torch-pre"], ["hf-bert", "--parts", "zero-token-type"]):
         proc = subprocess.run(
-            [sys.executable, "-m", "benchmarks.mlm_plateau", "--model", model, "--steps", "25"],
+            [sys.executable, "-m", "benchmarks.mlm_plateau", "--model", *model, "--steps", "25"],
             cwd=ROOT,
             capture_output=True,
             text=True,
@@ -115,10 +115,11 @@ def test_mlm_plateau_runs_each_kind_of_model_and_refuses_parts_it_cannot_add():
         loss = float(proc.stdout.split("step 25: loss ")[1].split(",")[0])
         assert 6.0 < loss < 8.0
         assert proc.stdout.strip().endswith("first step at 50 % accuracy: not within 25")
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.mlm_plateau", "--model", "hf-bert", "--parts", "tied"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
-    assert proc.returncode == 2 and "--parts takes" in proc.stderr.strip().splitlines()[-1]
+    for refused in (["hf-bert", "--parts", "tied"], ["hf-modernbert", "--parts", "zero-token-type"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "benchmarks.mlm_plateau", "--model", *refused],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+        assert proc.returncode == 2 and "--parts takes" in proc.stderr.strip().splitlines()[-1]

@@ -156,6 +156,16 @@ def test_tiny_models_learn_whether_a_token_occurs(name: str, settings: dict):
     assert accuracy >= 0.9
 
 
+def test_berts_built_from_scratch_start_with_no_token_type_offset():
+    # The token-type embedding of a one-segment text is one vector added to every position; at random
+    # it kept a masked LM on the plateau of the commonest words (benchmarks/mlm_plateau.py).
+    mlm_info = DataInfo(**{**INFO.to_dict(), "kind": "mlm", "classes": []})
+    for encoder in (build("bert", TINY_BERT).bert, build("bert-mlm", TINY_BERT, mlm_info).hf.bert):
+        embeddings = encoder.embeddings
+        assert torch.count_nonzero(embeddings.token_type_embeddings.weight) == 0
+        assert embeddings.word_embeddings.weight.std() > 0.01  # the rest is initialised as BERT's
+
+
 def test_bert_loads_a_saved_encoder(tmp_path: Path):
     from transformers import BertConfig, BertModel
 

@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from bigmodel.data.bundle import DataInfo
 from bigmodel.models import register_model
-from bigmodel.models.bert import bert_config, check_fits, check_heads, load_pretrained
+from bigmodel.models.bert import bert_config, check_fits, check_heads, load_pretrained, untrained
 
 
 class LanguageModel(nn.Module):
@@ -82,7 +82,7 @@ def bert_mlm(
         hidden_dropout_prob=dropout,
         attention_probs_dropout_prob=attention_dropout,
     )
-    return LanguageModel(BertForMaskedLM(config))
+    return LanguageModel(untrained(BertForMaskedLM, config))
 
 
 @register_model("gpt", "clm")
