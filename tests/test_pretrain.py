@@ -52,10 +52,10 @@ GPT_ARGS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def mlm_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("pretrain") / "mlm"
-    assert main(["pretrain", *MLM_ARGS, f"--out={out}"]) == 0
+@pytest.fixture(scope="module", params=["bert", "modernbert"])
+def mlm_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("pretrain") / f"mlm-{request.param}"
+    assert main(["pretrain", *MLM_ARGS, f"model.encoder={request.param}", f"--out={out}"]) == 0
     return out
 
 
@@ -115,7 +115,8 @@ def test_mlm_round_trips_through_hugging_face_and_fine_tunes(mlm_run: Path, tmp_
     hf = mlm_run / "hf"
     encoder = AutoModel.from_pretrained(hf)
     tokenizer = AutoTokenizer.from_pretrained(hf)
-    assert type(encoder).__name__ == "BertModel"
+    expected_class = {"mlm-bert": "BertModel", "mlm-modernbert": "ModernBertModel"}[mlm_run.name]
+    assert type(encoder).__name__ == expected_class
     ids = torch.tensor([tokenizer("a gorgeous, moving film")["input_ids"]])
     ours = Run.load(mlm_run).model
     with torch.no_grad():

@@ -39,6 +39,7 @@ CASES = [
     ("transformer", {"dim": 16, "heads": 2, "positions": "sinusoidal", "pooling": "cls"}),
     ("transformer", {"dim": 16, "heads": 2, "positions": "learned", "pooling": "mean"}),
     ("bert", TINY_BERT),
+    ("bert", {**TINY_BERT, "encoder": "modernbert"}),
 ]
 IDS = [f"{name}-{'-'.join(str(v) for v in settings.values())}" for name, settings in CASES]
 ATTENTION_CASES = [c for c in CASES if c[0] in {"attention", "transformer", "bert"}]
@@ -113,7 +114,7 @@ def test_attention_weights_for_explainers(name: str, settings: dict):
         assert a.shape == (3, heads, 10 + prefix, 10 + prefix)
         torch.testing.assert_close(a.sum(-1), torch.ones(a.shape[:-1]))
         assert (a.masked_select(~key_mask[:, None, None, :]) == 0).all()  # no weight on padded keys
-    if name == "bert":  # the call switched BERT to eager attention for itself only
+    if name == "bert":  # the call switched the encoder to eager attention for itself only
         assert model.bert.config._attn_implementation == "sdpa"
 
 
@@ -213,6 +214,8 @@ def test_bert_errors_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
     with pytest.raises(UserError, match="hidden_size=30 must be a multiple of model.heads=4"):
         build("bert", {"hidden_size": 30, "heads": 4})
+    with pytest.raises(UserError, match="model.encoder='roberta' is not one of bert, modernbert"):
+        build("bert", {"encoder": "roberta"})
 
 
 def test_setting_errors():

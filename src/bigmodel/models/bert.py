@@ -1,8 +1,11 @@
-"""BERT for classification: a Hugging Face ``BertModel``, dropout and a linear head on its pooled output.
+"""BERT for classification: a Hugging Face encoder, dropout and a linear head on its pooled output.
 
 The seed's section 4.2 ``BertClassifier``, done right: the encoder is either built at random from the
 settings or loaded with ``from_pretrained`` (a directory saved with ``save_pretrained``, or a hub id),
-and it is checked against the data's tokenizer before anything trains. Same contract as the other text
+and it is checked against the data's tokenizer before anything trains. ``encoder`` picks the kind built
+at random: ``bert`` (``BertModel``, the original: post-LN, learned absolute positions) or
+``modernbert`` (``ModernBertModel``: pre-LN, rotary positions, gated GELU, no biases), which learns
+to use its context in far fewer masked-LM steps (README, Pretraining). Same contract as the other text
 models: ``forward(input_ids, attention_mask)`` → logits (B, classes); ``embeddings`` is the word
 embedding, and ``return_attentions=True`` adds the attention weights of every layer.
 """
@@ -19,13 +22,23 @@ from bigmodel.data.bundle import DataInfo
 from bigmodel.errors import UserError
 from bigmodel.models import register_model
 
+ENCODERS = ("bert", "modernbert")
+
 
 class BertClassifier(nn.Module):
     def __init__(self, bert: Any, classes: int, dropout: float):
         super().__init__()
-        self.bert = bert  # a transformers BertModel, with its pooling layer
+        self.bert = bert  # a transformers encoder: BertModel, ModernBertModel, ...
+        width = bert.config.hidden_size
+        # BERT's pooler, tanh(W · hidden state of [CLS]), for an encoder that comes without one.
+        self.pooler = (
+            None if getattr(bert, "pooler", None) else nn.Sequential(nn.Linear(width, width), nn.Tanh())
+        )
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(bert.config.hidden_size, classes)
+        self.head = nn.Linear(width, classes)
+
+    def pooled(self, out: Any) -> torch.Tensor:
+        return out.pooler_output if self.pooler is None else self.pooler(out.last_hidden_state[:, 0])
 
     @property
     def embeddings(self) -> nn.Embedding:
@@ -38,7 +51,7 @@ class BertClassifier(nn.Module):
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         if not return_attentions:
             out = self.bert(input_ids=input_ids, attention_mask=attention_mask)
-            return self.head(self.dropout(out.pooler_output))  # pooler: tanh(W · hidden state of [CLS])
+            return self.head(self.dropout(self.pooled(out)))
         # SDPA returns no weights (transformers 5 only warns and returns none), so this one call runs the
         # eager implementation, which computes softmax(QKᵀ/√d + mask) explicitly.
         previous = self.bert.config._attn_implementation
@@ -47,13 +60,14 @@ class BertClassifier(nn.Module):
             out = self.bert(input_ids=input_ids, attention_mask=attention_mask, output_attentions=True)
         finally:
             self.bert.set_attn_implementation(previous)
-        return self.head(self.dropout(out.pooler_output)), list(out.attentions)  # each (B, heads, L, L)
+        return self.head(self.dropout(self.pooled(out))), list(out.attentions)  # each (B, heads, L, L)
 
 
 def load_pretrained(name: str, kind: Any = None) -> Any:
-    """``kind`` (a transformers class, default ``BertModel``) loaded from a saved directory or hub id."""
+    """``kind`` (a transformers class, default ``AutoModel``: the encoder the directory holds, without
+    its task head) loaded from a saved directory or hub id."""
     if kind is None:
-        from transformers import BertModel as kind
+        from transformers import AutoModel as kind
 
     try:
         return kind.from_pretrained(name, attn_implementation="sdpa")
@@ -87,47 +101,69 @@ def check_heads(hidden_size: int, heads: int) -> None:
         raise UserError(f"model.hidden_size={hidden_size} must be a multiple of model.heads={heads}")
 
 
-def bert_config(
+def encoder_config(
     info: DataInfo,
+    encoder: str,
     hidden_size: int,
     layers: int,
     heads: int,
     intermediate_size: int,
+    dropout: float,
+    attention_dropout: float,
     max_positions: int | None = None,
-    **extra: Any,
 ) -> Any:
-    """The ``BertConfig`` of a BERT sized by these settings and by the data (vocabulary, length).
-    ``max_positions`` defaults to the data's length; more lets a later stage read longer texts."""
+    """The config of an ``encoder`` (one of ``ENCODERS``) sized by these settings and by the data
+    (vocabulary, length). ``max_positions`` defaults to the data's length; more lets a later stage
+    read longer texts."""
     check_heads(hidden_size, heads)
+    if encoder not in ENCODERS:
+        raise UserError(f"model.encoder={encoder!r} is not one of {', '.join(ENCODERS)}")
     if max_positions is not None and max_positions < info.input_shape[0]:
         raise UserError(
             f"model.max_positions={max_positions} is shorter than data.max_length={info.input_shape[0]}; "
             "set it to at least that"
         )
-    from transformers import BertConfig
-
-    return BertConfig(
+    size = dict(
         vocab_size=info.vocab_size,
         hidden_size=hidden_size,
         num_hidden_layers=layers,
         num_attention_heads=heads,
         intermediate_size=intermediate_size,
-        max_position_embeddings=max_positions or info.input_shape[0],  # learned, one row per position
+        max_position_embeddings=max_positions or info.input_shape[0],
         pad_token_id=info.pad_token_id,
         attn_implementation="sdpa",
-        **extra,
     )
+    if encoder == "modernbert":
+        from transformers import ModernBertConfig
+
+        return ModernBertConfig(
+            **size,
+            global_attn_every_n_layers=1,  # every layer attends to the whole block, as BERT's
+            embedding_dropout=dropout,
+            mlp_dropout=dropout,
+            attention_dropout=attention_dropout,
+            # ModernBERT's defaults are its own tokenizer's ids (50281...); ours are set on export.
+            bos_token_id=None,
+            eos_token_id=None,
+            cls_token_id=None,
+            sep_token_id=None,
+        )
+    from transformers import BertConfig
+
+    return BertConfig(**size, hidden_dropout_prob=dropout, attention_probs_dropout_prob=attention_dropout)
 
 
 def untrained(kind: Any, config: Any) -> Any:
-    """``kind(config)`` (a transformers BERT class) with its token-type embedding zeroed. BERT adds the
-    embedding of type 0 to every position of a one-segment text: at random, a vector shared by all of
-    them, as large as the word's and the position's. From zero, a masked LM leaves the plateau of the
-    commonest words: on ``benchmarks/mlm_plateau`` it passes 50 % at step ~400 instead of staying at
-    chance for 600."""
-    model = kind(config)
-    with torch.no_grad():
-        model.base_model.embeddings.token_type_embeddings.weight.zero_()
+    """``kind`` (a transformers class) built from ``config``, with BERT's token-type embedding zeroed.
+    BERT adds the embedding of type 0 to every position of a one-segment text: at random, a vector
+    shared by all of them, as large as the word's and the position's. From zero, a masked LM leaves the
+    plateau of the commonest words: on ``benchmarks/mlm_plateau`` it passes 50 % at step ~400 instead
+    of staying at chance for 600."""
+    model = kind.from_config(config) if hasattr(kind, "from_config") else kind(config)
+    token_types = getattr(model.base_model.embeddings, "token_type_embeddings", None)
+    if token_types is not None:
+        with torch.no_grad():
+            token_types.weight.zero_()
     return model
 
 
@@ -141,17 +177,19 @@ def bert(
     dropout: float = 0.3,
     attention_dropout: float = 0.0,
     pretrained: str | None = None,
+    encoder: str = "bert",
 ) -> nn.Module:
     """A small BERT (4 layers × 256, 7.4M weights with a 16k vocabulary) trained from scratch, or, with
-    ``pretrained``, a saved encoder whose own config replaces the size settings."""
+    ``pretrained``, a saved encoder (of any kind ``AutoModel`` reads) whose own config replaces the
+    size settings and ``encoder``. The classifier's dropout is ``dropout``; the encoder's own is 0.1."""
     if pretrained is not None:
-        encoder = load_pretrained(pretrained)
-        check_fits(encoder.config, info, pretrained)
-        return BertClassifier(encoder, info.num_classes, dropout)
+        loaded = load_pretrained(pretrained)
+        check_fits(loaded.config, info, pretrained)
+        return BertClassifier(loaded, info.num_classes, dropout)
 
-    from transformers import BertModel  # imported here: transformers takes seconds to import
+    from transformers import AutoModel  # imported here: transformers takes seconds to import
 
-    config = bert_config(
-        info, hidden_size, layers, heads, intermediate_size, attention_probs_dropout_prob=attention_dropout
+    config = encoder_config(
+        info, encoder, hidden_size, layers, heads, intermediate_size, 0.1, attention_dropout
     )
-    return BertClassifier(untrained(BertModel, config), info.num_classes, dropout)
+    return BertClassifier(untrained(AutoModel, config), info.num_classes, dropout)

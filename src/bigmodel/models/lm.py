@@ -1,6 +1,7 @@
 """Language models to pretrain: a BERT with its masked-LM head, and a GPT-2-style decoder.
 
-Both are Hugging Face models built from a config (``BertForMaskedLM``, ``GPT2LMHeadModel``), so the
+All are Hugging Face models built from a config (``BertForMaskedLM`` or ``ModernBertForMaskedLM``,
+``GPT2LMHeadModel``), so the
 pretrained result is saved with ``save_pretrained`` and loads anywhere with ``from_pretrained``.
 Same contract as every model here: ``forward(input_ids, attention_mask)`` → logits, here (B, L, vocab),
 one prediction per position; the loop's cross-entropy skips the positions labelled -100.
@@ -15,7 +16,7 @@ import torch.nn as nn
 
 from bigmodel.data.bundle import DataInfo
 from bigmodel.models import register_model
-from bigmodel.models.bert import bert_config, check_fits, check_heads, load_pretrained, untrained
+from bigmodel.models.bert import check_fits, check_heads, encoder_config, load_pretrained, untrained
 
 
 class LanguageModel(nn.Module):
@@ -42,8 +43,14 @@ class LanguageModel(nn.Module):
             attention_mask = None
         if prediction_mask is None:
             return self.hf(input_ids=input_ids, attention_mask=attention_mask).logits
-        hidden = self.hf.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return self.hf.cls(hidden[prediction_mask.bool()])
+        hidden = self.hf.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.mlm_head(hidden[prediction_mask.bool()])
+
+    def mlm_head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The masked LM's prediction head (transform, then the vocabulary layer) on hidden states."""
+        if hasattr(self.hf, "cls"):  # BertForMaskedLM
+            return self.hf.cls(hidden)
+        return self.hf.decoder(self.hf.head(hidden))  # ModernBertForMaskedLM
 
 
 @register_model("bert-mlm", "mlm")
@@ -57,6 +64,7 @@ def bert_mlm(
     attention_dropout: float = 0.0,
     max_positions: int | None = None,
     pretrained: str | None = None,
+    encoder: str = "bert",
 ) -> nn.Module:
     """The ``bert`` classifier's encoder (same default size) with BERT's masked-LM head, whose output
     layer shares the word embeddings; fine-tune it with ``model.name=bert model.pretrained=RUN/hf``.
@@ -65,24 +73,26 @@ def bert_mlm(
 
     Two stages, as BERT itself was pretrained (short blocks first, then long): ``max_positions``
     above ``data.max_length`` leaves room for the longer blocks, and ``pretrained`` (an earlier
-    stage's ``RUN/hf``) continues from its weights, whose config replaces the size settings."""
-    from transformers import BertForMaskedLM
+    stage's ``RUN/hf``) continues from its weights, whose config replaces the size settings.
+    ``encoder=modernbert`` pretrains a ModernBERT instead (see models/bert.py)."""
+    from transformers import AutoModelForMaskedLM
 
     if pretrained is not None:
-        hf = load_pretrained(pretrained, BertForMaskedLM)
+        hf = load_pretrained(pretrained, AutoModelForMaskedLM)
         check_fits(hf.config, info, pretrained)
         return LanguageModel(hf)
-    config = bert_config(
+    config = encoder_config(
         info,
+        encoder,
         hidden_size,
         layers,
         heads,
         intermediate_size,
+        dropout,
+        attention_dropout,
         max_positions,
-        hidden_dropout_prob=dropout,
-        attention_probs_dropout_prob=attention_dropout,
     )
-    return LanguageModel(untrained(BertForMaskedLM, config))
+    return LanguageModel(untrained(AutoModelForMaskedLM, config))
 
 
 @register_model("gpt", "clm")
