@@ -40,6 +40,8 @@ CASES = [
     ("transformer", {"dim": 16, "heads": 2, "positions": "learned", "pooling": "mean"}),
     ("bert", TINY_BERT),
     ("bert", {**TINY_BERT, "encoder": "modernbert"}),
+    ("bert", {**TINY_BERT, "pooling": "mean"}),
+    ("bert", {**TINY_BERT, "encoder": "modernbert", "pooling": "mean"}),
 ]
 IDS = [f"{name}-{'-'.join(str(v) for v in settings.values())}" for name, settings in CASES]
 ATTENTION_CASES = [c for c in CASES if c[0] in {"attention", "transformer", "bert"}]
@@ -216,6 +218,8 @@ def test_bert_errors_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         build("bert", {"hidden_size": 30, "heads": 4})
     with pytest.raises(UserError, match="model.encoder='roberta' is not one of bert, modernbert"):
         build("bert", {"encoder": "roberta"})
+    with pytest.raises(UserError, match="model.pooling='max' is not one of cls, mean"):
+        build("bert", {"pooling": "max"})
 
 
 def test_setting_errors():

@@ -25,19 +25,32 @@ from bigmodel.models import register_model
 ENCODERS = ("bert", "modernbert")
 
 
+POOLINGS = ("cls", "mean")
+
+
 class BertClassifier(nn.Module):
-    def __init__(self, bert: Any, classes: int, dropout: float):
+    def __init__(self, bert: Any, classes: int, dropout: float, pooling: str = "cls"):
         super().__init__()
+        if pooling not in POOLINGS:
+            raise UserError(f"model.pooling={pooling!r} is not one of {', '.join(POOLINGS)}")
         self.bert = bert  # a transformers encoder: BertModel, ModernBertModel, ...
+        self.pooling = pooling
         width = bert.config.hidden_size
-        # BERT's pooler, tanh(W · hidden state of [CLS]), for an encoder that comes without one.
-        self.pooler = (
-            None if getattr(bert, "pooler", None) else nn.Sequential(nn.Linear(width, width), nn.Tanh())
-        )
+        self.pooler = None
+        if pooling == "mean" and getattr(bert, "pooler", None):
+            bert.pooler = None  # unused: its weights would never train
+        elif pooling == "cls" and not getattr(bert, "pooler", None):
+            # BERT's pooler, tanh(W · hidden state of [CLS]), for an encoder that comes without one.
+            self.pooler = nn.Sequential(nn.Linear(width, width), nn.Tanh())
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(width, classes)
 
-    def pooled(self, out: Any) -> torch.Tensor:
+    def pooled(self, out: Any, attention_mask: torch.Tensor) -> torch.Tensor:
+        """``cls``: BERT's pooled [CLS] vector. ``mean``: the average of the text's token vectors,
+        which a masked LM has trained (it never predicts [CLS], so pretraining leaves that untaught)."""
+        if self.pooling == "mean":
+            weights = attention_mask.unsqueeze(-1).to(out.last_hidden_state.dtype)
+            return (out.last_hidden_state * weights).sum(1) / weights.sum(1).clamp(min=1)
         return out.pooler_output if self.pooler is None else self.pooler(out.last_hidden_state[:, 0])
 
     @property
@@ -51,7 +64,7 @@ class BertClassifier(nn.Module):
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         if not return_attentions:
             out = self.bert(input_ids=input_ids, attention_mask=attention_mask)
-            return self.head(self.dropout(self.pooled(out)))
+            return self.head(self.dropout(self.pooled(out, attention_mask)))
         # SDPA returns no weights (transformers 5 only warns and returns none), so this one call runs the
         # eager implementation, which computes softmax(QKᵀ/√d + mask) explicitly.
         previous = self.bert.config._attn_implementation
@@ -60,7 +73,9 @@ class BertClassifier(nn.Module):
             out = self.bert(input_ids=input_ids, attention_mask=attention_mask, output_attentions=True)
         finally:
             self.bert.set_attn_implementation(previous)
-        return self.head(self.dropout(self.pooled(out))), list(out.attentions)  # each (B, heads, L, L)
+        return self.head(self.dropout(self.pooled(out, attention_mask))), list(
+            out.attentions
+        )  # each (B, heads, L, L)
 
 
 def load_pretrained(name: str, kind: Any = None) -> Any:
@@ -178,6 +193,7 @@ def bert(
     attention_dropout: float = 0.0,
     pretrained: str | None = None,
     encoder: str = "bert",
+    pooling: str = "cls",
 ) -> nn.Module:
     """A small BERT (4 layers × 256, 7.4M weights with a 16k vocabulary) trained from scratch, or, with
     ``pretrained``, a saved encoder (of any kind ``AutoModel`` reads) whose own config replaces the
@@ -185,11 +201,11 @@ def bert(
     if pretrained is not None:
         loaded = load_pretrained(pretrained)
         check_fits(loaded.config, info, pretrained)
-        return BertClassifier(loaded, info.num_classes, dropout)
+        return BertClassifier(loaded, info.num_classes, dropout, pooling)
 
     from transformers import AutoModel  # imported here: transformers takes seconds to import
 
     config = encoder_config(
         info, encoder, hidden_size, layers, heads, intermediate_size, 0.1, attention_dropout
     )
-    return BertClassifier(untrained(AutoModel, config), info.num_classes, dropout)
+    return BertClassifier(untrained(AutoModel, config), info.num_classes, dropout, pooling)
