@@ -103,8 +103,10 @@ def build(name: str, parts: set[str]) -> nn.Module:
         config = getattr(transformers, f"{kind}Config")(
             **size, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
         )
-    masked_lm = getattr(transformers, f"{kind}ForMaskedLM")
-    return Logits(untrained(masked_lm, config) if "zero-token-type" in parts else masked_lm(config))
+    masked_lm = transformers.AutoModelForMaskedLM
+    return Logits(
+        untrained(masked_lm, config) if "zero-token-type" in parts else masked_lm.from_config(config)
+    )
 
 
 def main() -> int:

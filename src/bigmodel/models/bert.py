@@ -73,9 +73,8 @@ class BertClassifier(nn.Module):
             out = self.bert(input_ids=input_ids, attention_mask=attention_mask, output_attentions=True)
         finally:
             self.bert.set_attn_implementation(previous)
-        return self.head(self.dropout(self.pooled(out, attention_mask))), list(
-            out.attentions
-        )  # each (B, heads, L, L)
+        logits = self.head(self.dropout(self.pooled(out, attention_mask)))
+        return logits, list(out.attentions)  # each (B, heads, L, L)
 
 
 def load_pretrained(name: str, kind: Any = None) -> Any:
@@ -169,12 +168,12 @@ def encoder_config(
 
 
 def untrained(kind: Any, config: Any) -> Any:
-    """``kind`` (a transformers class) built from ``config``, with BERT's token-type embedding zeroed.
+    """``kind`` (a transformers Auto class) built from ``config``, with BERT's token-type embedding zeroed.
     BERT adds the embedding of type 0 to every position of a one-segment text: at random, a vector
     shared by all of them, as large as the word's and the position's. From zero, a masked LM leaves the
     plateau of the commonest words: on ``benchmarks/mlm_plateau`` it passes 50 % at step ~400 instead
     of staying at chance for 600."""
-    model = kind.from_config(config) if hasattr(kind, "from_config") else kind(config)
+    model = kind.from_config(config)
     token_types = getattr(model.base_model.embeddings, "token_type_embeddings", None)
     if token_types is not None:
         with torch.no_grad():
