@@ -218,12 +218,21 @@ def test_trained_tokenizer_is_repeatable(kind: str):
     assert len(vocabs) == 1
 
 
-def test_limit_keeps_the_first_training_texts(tmp_path: Path):
+def test_limit_keeps_a_stratified_sample_of_the_training_texts(tmp_path: Path):
     path = write(tmp_path / "r.csv", rows())
     full, limited = build_text_data(config(path)), build_text_data(config(path, limit=10))
     assert (len(limited.train), len(limited.val), len(limited.test)) == (10, 6, 6)
-    assert torch.equal(limited.train.labels, full.train.labels[:10])
     assert torch.equal(limited.test.labels, full.test.labels)
+    assert sorted(torch.bincount(limited.train.labels).tolist()) == [3, 3, 4]  # 16 of each class in full
+    again = build_text_data(config(path, limit=10))
+    assert torch.equal(again.train.features["input_ids"], limited.train.features["input_ids"])  # seeded
+
+
+def test_limit_on_a_file_sorted_by_class_keeps_every_class():
+    # IMDB's file lists every negative review before the positives: its first 4,000 training texts are all
+    # negative, which a "first N" limit would have trained on.
+    limited = build_text_data(DataConfig(name="imdb", limit=400, max_length=32, vocab_size=2000))
+    assert torch.bincount(limited.train.labels).tolist() == [200, 200]
 
 
 @pytest.mark.parametrize("kind", ["wordpiece", "bpe"])

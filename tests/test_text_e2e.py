@@ -3,6 +3,8 @@
 import csv
 import json
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -151,3 +153,18 @@ def test_bert_fine_tunes_from_a_locally_saved_model_and_tokenizer(reviews: Path,
     report = json.loads((out / "report.json").read_text())
     assert report["params"] == sum(p.numel() for p in BertModel(config).parameters()) + 32 * 2 + 2
     assert report["test"]["accuracy"] >= 0.9
+
+
+def test_a_transformers_model_trains_without_transformers_noise(reviews: Path, tmp_path: Path):
+    """TensorBoard's graph tracing reads every attribute of a transformers model, and its ``loss_function``
+    property then logged a warning about a loss nobody uses. A fresh process: transformers logs it once."""
+    tiny = ["model.hidden_size=32", "model.layers=1", "model.heads=2", "model.intermediate_size=64"]
+    argv = ["train", f"data.path={reviews}", *TEXT_ARGS, "train.epochs=1", "model.name=bert", *tiny]
+    done = subprocess.run(
+        [sys.executable, "-m", "bigmodel", *argv, "model.encoder=modernbert", f"--out={tmp_path / 'run'}"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "[transformers]" not in done.stderr, done.stderr

@@ -32,7 +32,9 @@ class DataConfig(Section):
     path: str | None = Field(
         None, description="your own data: an image folder, an .npz file, or a CSV/TSV/JSONL file of texts"
     )
-    limit: int | None = Field(None, gt=0, description="train on the first N training examples only")
+    limit: int | None = Field(
+        None, gt=0, description="train on a seeded sample of N training examples, stratified by class"
+    )
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="share of train carved out for validation")
     split_seed: int = Field(0, description="seed of the train/validation split (fixed on purpose)")
     image_size: int | None = Field(None, gt=0, description="resize images to this square size")

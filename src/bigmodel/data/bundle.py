@@ -58,5 +58,20 @@ def carve(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.flatnonzero(~mask), np.flatnonzero(mask)
 
 
+def sample(index: np.ndarray, limit: int | None, seed: int, labels: np.ndarray | None = None) -> np.ndarray:
+    """``limit`` of ``index`` drawn at random (stratified by ``labels`` when given), in their original
+    order; all of them without a limit. Not the first ``limit``: files are often sorted by class, and
+    IMDB's first 10,000 training reviews are all negative."""
+    if limit is None or limit >= len(index):
+        return index
+    rng = np.random.default_rng(seed)
+    if labels is None or limit < len(np.unique(labels[index])):
+        return np.sort(rng.choice(index, limit, replace=False))
+    from sklearn.model_selection import train_test_split
+
+    kept, _ = train_test_split(index, train_size=limit, stratify=labels[index], random_state=seed)
+    return np.sort(kept)
+
+
 def to_split(x: np.ndarray, y: np.ndarray, feature: str) -> TensorSplit:
     return TensorSplit({feature: torch.from_numpy(np.ascontiguousarray(x))}, torch.from_numpy(y).long())

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import sys
 
+import numpy as np
 import torch
 
 from bigmodel.config import DataConfig
-from bigmodel.data.bundle import DataBundle, DataInfo
+from bigmodel.data.bundle import DataBundle, DataInfo, sample
 from bigmodel.data.loader import TensorSplit
 from bigmodel.data.text import read_table, split_indices, text_tokenizer
 from bigmodel.errors import UserError
@@ -132,8 +133,8 @@ def split_texts(cfg: DataConfig) -> dict[str, list[str]]:
         train, val, test = split_indices(table, cfg.split_seed)
         for name, index in (("train", train), ("val", val), ("test", test)):
             texts[name] += [table.texts[i] for i in index]
-    if cfg.limit is not None:
-        texts["train"] = texts["train"][: cfg.limit]
+    kept = sample(np.arange(len(texts["train"])), cfg.limit, cfg.split_seed)
+    texts["train"] = [texts["train"][i] for i in kept]
     return texts
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from bigmodel.config import DataConfig
-from bigmodel.data.bundle import DataBundle, DataInfo
+from bigmodel.data.bundle import DataBundle, DataInfo, sample
 from bigmodel.data.loader import TensorSplit
 from bigmodel.errors import UserError
 
@@ -76,14 +76,14 @@ def build_text_data(cfg: DataConfig) -> DataBundle:
 
     The splits are a fixed, stratified 80/10/10 train/validation/test split of the one file (seeded by
     data.split_seed; data.val_fraction is for images only): text files rarely ship their own test split,
-    and stratifying keeps every class in every split. data.limit keeps the first N training texts.
+    and stratifying keeps every class in every split. data.limit keeps N training texts, a stratified
+    sample.
     Empty or whitespace-only texts are skipped with one warning line rather than failing the whole file:
     exported spreadsheets often hold a few blank rows, and an empty text carries nothing to learn.
     """
     table = read_table(cfg)
     train, val, test = split_indices(table, cfg.split_seed)
-    if cfg.limit is not None:
-        train = train[: cfg.limit]
+    train = sample(train, cfg.limit, cfg.split_seed, table.labels)
     tokenizer = text_tokenizer(cfg, [table.texts[i] for i in train])
     max_length = cfg.max_length
     splits: dict[str, TensorSplit] = {}

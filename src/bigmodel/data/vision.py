@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from bigmodel.config import AugmentConfig, DataConfig
 from bigmodel.data import images, sources
 from bigmodel.data.augment import ImageTransform
-from bigmodel.data.bundle import DataBundle, DataInfo, carve, to_split
+from bigmodel.data.bundle import DataBundle, DataInfo, carve, sample, to_split
 from bigmodel.errors import UserError
 
 FASHION_CLASSES = [
@@ -31,8 +31,7 @@ def build_image_data(cfg: DataConfig) -> DataBundle:
     x_train, y_train, x_test, y_test, classes = _read_named(cfg.name) if cfg.name else _read_path(cfg)
     x_train, x_test = (_conform(x, cfg.image_size, cfg.channels) for x in (x_train, x_test))
     keep, val = carve(len(y_train), cfg.val_fraction, cfg.split_seed)
-    if cfg.limit is not None:
-        keep = keep[: cfg.limit]
+    keep = sample(keep, cfg.limit, cfg.split_seed, y_train)
     x_fit = x_train[keep]
     mean, std = _channel_stats(x_fit)
     info = DataInfo(

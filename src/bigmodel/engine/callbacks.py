@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import warnings
 from pathlib import Path
@@ -101,12 +102,19 @@ class TensorBoard(Callback):
         model = trainer.model
         was_training = model.training
         model.eval()
+        # Tracing reads every attribute of every module; a transformers model then logs about properties
+        # nobody uses (its `loss_function`), noise at the top of every run.
+        transformers_log = logging.getLogger("transformers")
+        level = transformers_log.level
+        transformers_log.setLevel(logging.ERROR)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 self.writer.add_graph(model, tuple(features.values()))
         except Exception as exc:  # tracing is best effort: some models cannot be traced
             print(f"warning: TensorBoard graph skipped ({type(exc).__name__}: {exc})", file=sys.stderr)
+        finally:
+            transformers_log.setLevel(level)
         model.train(was_training)
 
     def on_batch_end(self, trainer: Trainer, loss: float, size: int) -> None:
