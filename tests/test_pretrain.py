@@ -4,7 +4,10 @@ fine-tuning from our own checkpoint, generation, and resuming an interrupted pre
 from __future__ import annotations
 
 import json
+import re
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -205,3 +208,20 @@ def test_an_interrupted_pretraining_run_resumes_exactly(tmp_path: Path):
     assert f"continue with: bigmodel pretrain --resume {run}" in err
     resume(run)
     assert_same_run(reference, run)
+
+
+def test_linear_probe_scores_every_layer_of_both_arms(mlm_run: Path):
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.linear_probe", str(mlm_run / "hf"), "--data=rotten-tomatoes"]
+        + ["--max-length=32", "--train=300"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    scores = re.findall(r"(pretrained|random) layer (\d): val ([\d.]+) %  test ([\d.]+) %", done.stdout)
+    assert [(arm, int(layer)) for arm, layer, _, _ in scores] == [
+        (arm, layer)
+        for arm in ("pretrained", "random")
+        for layer in range(3)  # embeddings + 2 layers
+    ]
