@@ -3,13 +3,16 @@
 import csv
 import json
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from bigmodel.cli import main
+from bigmodel.run import Run
 
 POSITIVE = ["great", "wonderful", "moving", "brilliant", "superb", "delightful"]
 NEGATIVE = ["awful", "boring", "dull", "terrible", "tedious", "clumsy"]
@@ -153,6 +156,13 @@ def test_bert_fine_tunes_from_a_locally_saved_model_and_tokenizer(reviews: Path,
     report = json.loads((out / "report.json").read_text())
     assert report["params"] == sum(p.numel() for p in BertModel(config).parameters()) + 32 * 2 + 2
     assert report["test"]["accuracy"] >= 0.9
+    # The run keeps the encoder's config, so it loads, evaluates and resumes with the directory gone.
+    before = Run.load(out).model.head.weight.clone()
+    shutil.rmtree(saved)
+    assert torch.equal(Run.load(out).model.head.weight, before)
+    assert main(["evaluate", str(out)]) == 0
+    assert main(["train", "--resume", str(out), "train.epochs=9"]) == 0
+    assert json.loads((out / "report.json").read_text())["epochs"] == 9
 
 
 def test_a_transformers_model_trains_without_transformers_noise(reviews: Path, tmp_path: Path):

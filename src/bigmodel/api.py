@@ -35,6 +35,7 @@ from bigmodel.run import (
     Run,
     RunPaths,
     count_parameters,
+    model_config,
     new_run_dir,
     read_config,
     write_json,
@@ -56,7 +57,7 @@ def train(cfg: Config, out: str | Path | None = None) -> Path | None:
         paths = RunPaths(new_run_dir(cfg.name or "run", out)) if trainer.world.is_main else None
         trainer.callbacks = _callbacks(cfg, paths)
         if paths is not None:
-            write_run_files(paths, cfg, data)
+            write_run_files(paths, cfg, data, model)
         try:
             run = _fit_and_report(trainer, paths)
         except BaseException:
@@ -96,7 +97,7 @@ def resume(run: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Path
         if main:
             # Epochs after the checkpoint may have been logged before a crash: the checkpoint is the truth.
             paths.metrics.write_text("".join(json.dumps(m) + "\n" for m in trainer.history), encoding="utf-8")
-            write_run_files(paths, cfg, data)
+            write_run_files(paths, cfg, data, model)
             where = f"the end of epoch {trainer.epoch}"
             if trainer.batch_in_epoch:
                 where = f"epoch {trainer.epoch + 1}, batch {trainer.batch_in_epoch}"
@@ -110,11 +111,14 @@ def resume(run: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Path
 
 
 def _prepare(cfg: Config, run: RunPaths | None = None) -> tuple[DataBundle, nn.Module]:
+    """Data and model of a new run, or of an existing ``run`` as it saw them (its own tokenizer, and
+    its own copy of the pretrained model's config)."""
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     seed_everything(cfg.train.seed, cfg.train.deterministic)
     data = _build_run_data(cfg, run)
-    return data, build_model(cfg.model, data.info)
+    model_cfg = model_config(run, cfg).model if run is not None else cfg.model
+    return data, build_model(model_cfg, data.info)
 
 
 def _build_run_data(cfg: Config, run: RunPaths | None) -> DataBundle:

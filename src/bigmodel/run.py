@@ -7,9 +7,11 @@
       report.json          final val and test metrics, time, parameter count
       checkpoints/         step-<N>.{safetensors,state.pt,json} (newest few), best.{safetensors,json}
       tokenizer/           text runs: the tokenizer, in Hugging Face format
+      pretrained/          runs from model.pretrained: the Hugging Face config of what was loaded
       events.out.tfevents.*  TensorBoard
 
-Anything that can load a run needs nothing else.
+Anything that can load a run needs nothing else: not even the model.pretrained directory it started
+from, which may since have been moved, deleted or pretrained again.
 """
 
 from __future__ import annotations
@@ -58,6 +60,10 @@ class RunPaths:
     def checkpoints(self) -> Path:
         return self.root / "checkpoints"
 
+    @property
+    def pretrained(self) -> Path:
+        return self.root / "pretrained"
+
 
 def new_run_dir(name: str, out: str | Path | None, runs_root: Path = Path("runs")) -> Path:
     """``--out`` exactly (refused if it holds files), else ``runs/<name>``, numbered if taken."""
@@ -82,7 +88,7 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
     )
 
 
-def write_run_files(paths: RunPaths, cfg: Config, data: DataBundle) -> None:
+def write_run_files(paths: RunPaths, cfg: Config, data: DataBundle, model: nn.Module) -> None:
     paths.root.mkdir(parents=True, exist_ok=True)
     paths.checkpoints.mkdir(exist_ok=True)
     text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
@@ -90,6 +96,17 @@ def write_run_files(paths: RunPaths, cfg: Config, data: DataBundle) -> None:
     write_json(paths.data_info, data.info.to_dict())
     if data.tokenizer is not None:
         data.tokenizer.save_pretrained(paths.tokenizer)
+    if cfg.model.settings().get("pretrained") is not None:
+        model.pretrained_config.save_pretrained(paths.pretrained)
+
+
+def model_config(paths: RunPaths, cfg: Config) -> Config:
+    """The run's config with ``model.pretrained`` pointing at the run's own copy of the loaded model's
+    config: the checkpoint holds every weight, so the original directory is not needed to rebuild it."""
+    if cfg.model.settings().get("pretrained") is None or not paths.pretrained.is_dir():
+        return cfg
+    model = cfg.model.model_copy(update={"pretrained": str(paths.pretrained)})
+    return cfg.model_copy(update={"model": model})
 
 
 def read_config(run: Path) -> dict[str, Any]:
@@ -113,7 +130,7 @@ class Run:
     @classmethod
     def load(cls, root: str | Path, checkpoint: str = "best") -> Run:
         paths = RunPaths(Path(root))
-        config = validate_config(read_config(paths.root))
+        config = model_config(paths, validate_config(read_config(paths.root)))
         if not paths.data_info.is_file():
             raise UserError(f"{paths.root} has no data.json; the run did not finish setting up")
         info = DataInfo.from_dict(json.loads(paths.data_info.read_text(encoding="utf-8")))

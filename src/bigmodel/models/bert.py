@@ -54,6 +54,12 @@ class BertClassifier(nn.Module):
         return out.pooler_output if self.pooler is None else self.pooler(out.last_hidden_state[:, 0])
 
     @property
+    def pretrained_config(self) -> Any:
+        """The encoder's Hugging Face config, which a run saves to be rebuilt without the directory
+        it was loaded from."""
+        return self.bert.config
+
+    @property
     def embeddings(self) -> nn.Embedding:
         # A property, not a second registered module: the same weight under two names would be saved
         # twice, and safetensors refuses shared tensors.
@@ -79,11 +85,16 @@ class BertClassifier(nn.Module):
 
 def load_pretrained(name: str, kind: Any = None) -> Any:
     """``kind`` (a transformers class, default ``AutoModel``: the encoder the directory holds, without
-    its task head) loaded from a saved directory or hub id."""
+    its task head) loaded from a saved directory or hub id. A directory with a config and no weights
+    (a run's ``pretrained/``) gives the model at random: the run's checkpoint then fills every weight."""
     if kind is None:
         from transformers import AutoModel as kind
 
     try:
+        if _config_only(Path(name)):
+            from transformers import AutoConfig
+
+            return kind.from_config(AutoConfig.from_pretrained(name), attn_implementation="sdpa")
         return kind.from_pretrained(name, attn_implementation="sdpa")
     except (OSError, ValueError) as exc:  # missing files, unreachable hub, malformed id or config
         if Path(name).is_dir():
@@ -93,6 +104,13 @@ def load_pretrained(name: str, kind: Any = None) -> Any:
             f"cannot load pretrained model {name}: not a local directory, and the hub is unreachable "
             "offline (or has no such model); give a directory saved with save_pretrained"
         ) from None
+
+
+def _config_only(directory: Path) -> bool:
+    if not (directory / "config.json").is_file():
+        return False
+    # model.safetensors, pytorch_model.bin, or shards of either
+    return not any(f.suffix in (".safetensors", ".bin") for f in directory.iterdir())
 
 
 def check_fits(config: Any, info: DataInfo, pretrained: str) -> None:

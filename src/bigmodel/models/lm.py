@@ -25,6 +25,11 @@ class LanguageModel(nn.Module):
         self.hf = hf  # the Hugging Face model: what RUN/hf/ holds
 
     @property
+    def pretrained_config(self) -> Any:
+        """What a run saves to rebuild the model without the directory it was loaded from."""
+        return self.hf.config
+
+    @property
     def embeddings(self) -> nn.Embedding:
         return self.hf.get_input_embeddings()
 
