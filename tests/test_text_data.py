@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from bigmodel.config import DataConfig
-from bigmodel.data.bundle import DataBundle
+from bigmodel.data.bundle import DataBundle, sample
 from bigmodel.data.loader import BatchLoader
 from bigmodel.data.text import (
     TextTransform,
@@ -226,6 +226,18 @@ def test_limit_keeps_a_stratified_sample_of_the_training_texts(tmp_path: Path):
     assert sorted(torch.bincount(limited.train.labels).tolist()) == [3, 3, 4]  # 16 of each class in full
     again = build_text_data(config(path, limit=10))
     assert torch.equal(again.train.features["input_ids"], limited.train.features["input_ids"])  # seeded
+
+
+def test_sample_is_stratified_in_file_order_and_random_where_it_cannot_stratify():
+    labels, index = np.repeat(np.arange(10), 100), np.arange(1000)
+    kept = sample(index, 50, 0, labels)
+    assert np.bincount(labels[kept]).tolist() == [5] * 10 and (np.diff(kept) > 0).all()
+    assert np.array_equal(sample(index, 50, 0, labels), kept) and not np.array_equal(
+        sample(index, 50, 1, labels), kept
+    )
+    assert len(sample(index, 999, 0, labels)) == 999  # one left out, fewer than the 10 classes
+    assert len(sample(index, 5, 0, labels)) == 5  # fewer than the classes
+    assert sample(index, None, 0, labels) is index and sample(index, 2000, 0, labels) is index
 
 
 def test_limit_on_a_file_sorted_by_class_keeps_every_class():

@@ -64,13 +64,15 @@ def sample(index: np.ndarray, limit: int | None, seed: int, labels: np.ndarray |
     IMDB's first 10,000 training reviews are all negative."""
     if limit is None or limit >= len(index):
         return index
-    rng = np.random.default_rng(seed)
-    if labels is None or limit < len(np.unique(labels[index])):
-        return np.sort(rng.choice(index, limit, replace=False))
-    from sklearn.model_selection import train_test_split
+    if labels is not None:
+        from sklearn.model_selection import train_test_split
 
-    kept, _ = train_test_split(index, train_size=limit, stratify=labels[index], random_state=seed)
-    return np.sort(kept)
+        try:
+            kept, _ = train_test_split(index, train_size=limit, stratify=labels[index], random_state=seed)
+            return np.sort(kept)
+        except ValueError:  # too few of some class, or fewer left out than there are classes
+            pass
+    return np.sort(np.random.default_rng(seed).choice(index, limit, replace=False))
 
 
 def to_split(x: np.ndarray, y: np.ndarray, feature: str) -> TensorSplit:
