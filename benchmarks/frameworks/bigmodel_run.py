@@ -33,9 +33,10 @@ class ReadClock(Callback):
 
 def run(bench: Bench) -> dict[str, Any]:
     cfg = bench.config
-    trainer = Trainer(bench.model(), bench.data, cfg)
+    model = bench.model()
+    trainer = Trainer(model, bench.data, cfg)
     paths = RunPaths(bench.workdir / "run")
-    write_run_files(paths, cfg, bench.data)
+    write_run_files(paths, cfg, bench.data, model)
     trainer.callbacks = [*_callbacks(cfg, paths), ReadClock(bench)]
     trainer.fit()
     options = {
