@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 
@@ -30,6 +32,22 @@ def test_seed_cnn_computes_its_flatten_size():
     model = SeedCNN([1, 28, 28], 10)
     assert model.fc1.in_features == 64 * 12 * 12
     assert SeedCNN([3, 32, 32], 10).fc1.in_features == 64 * 14 * 14
+
+
+def test_seed_cnn_trains_the_same_channels_last_and_keeps_the_gradient_channels_last():
+    torch.manual_seed(0)
+    plain = SeedCNN([1, 28, 28], 10)
+    fast = copy.deepcopy(plain).to(memory_format=torch.channels_last)
+    x = torch.randn(4, 1, 28, 28)
+    pooled_grads = []
+    fast.features[4].register_full_backward_hook(lambda m, g_in, g_out: pooled_grads.append(g_out[0]))
+    for model, pixels in ((plain, x), (fast, x.contiguous(memory_format=torch.channels_last))):
+        model(pixels).square().sum().backward()
+    for a, b in zip(plain.parameters(), fast.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6)
+    # The max-pool's output gradient arrives in its own layout: its backward converts nothing.
+    assert pooled_grads[0].is_contiguous(memory_format=torch.channels_last)
+    assert not pooled_grads[0].is_contiguous()
 
 
 def test_an_image_model_refuses_text_data():

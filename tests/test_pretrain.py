@@ -14,10 +14,12 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from bigmodel.api import generate, predict, resume, train
+from bigmodel.api import _load_with_data, generate, predict, resume, train
 from bigmodel.cli import main
-from bigmodel.config import DataConfig, ModelConfig, load_config
+from bigmodel.config import DataConfig, ModelConfig, TrainConfig, load_config
+from bigmodel.data import BatchLoader, DataInfo
 from bigmodel.data.lm import MaskTokens, build_lm_data, split_texts
+from bigmodel.engine.trainer import eval_batch_size, language_model_eval
 from bigmodel.errors import UserError
 from bigmodel.models import build_model
 from bigmodel.run import Run
@@ -175,6 +177,23 @@ def test_generation_is_repeatable_for_a_seed(gpt_run: Path, capsys: pytest.Captu
     from transformers import AutoModelForCausalLM
 
     assert type(AutoModelForCausalLM.from_pretrained(gpt_run / "hf")).__name__ == "GPT2LMHeadModel"
+
+
+def test_language_model_evaluation_batches_keep_the_logits_small(gpt_run: Path):
+    """A GPT's logits are (batch, length, vocabulary): 1024 blocks of 128 at 16,000 words are 8.4 GB."""
+    wide = DataInfo(kind="clm", classes=[], input_shape=[128], source="", vocab_size=16000)
+    size = eval_batch_size(TrainConfig(), wide)
+    assert size * 128 * 16000 * 4 <= 512 * 2**20 < (size + 1) * 128 * 16000 * 4
+    assert eval_batch_size(TrainConfig(eval_batch_size=7), wide) == 7  # the user's setting wins
+    image = DataInfo(kind="image", classes=["a", "b"], input_shape=[1, 28, 28], source="")
+    assert eval_batch_size(TrainConfig(), image) == 1024
+    # The batch size changes the memory, not the metrics.
+    loaded, data, device, dtype = _load_with_data(gpt_run)
+    sums = [
+        language_model_eval(loaded.model, BatchLoader(data.val, n, data.eval_transform), device, dtype)
+        for n in (eval_batch_size(loaded.config.train, data.info), 5)
+    ]
+    torch.testing.assert_close(sums[0], sums[1], rtol=1e-3, atol=0)
 
 
 def test_language_model_mistakes_are_one_line_errors(

@@ -92,7 +92,12 @@ MONITORABLE = Literal[
 class TrainConfig(Section):
     epochs: int = Field(10, gt=0)
     batch_size: int = Field(128, gt=0)
-    eval_batch_size: int = Field(1024, gt=0)
+    eval_batch_size: int | None = Field(
+        None,
+        gt=0,
+        description="examples per evaluation batch; default: 1024, or for a language model as many as keep "
+        "its (batch, length, vocabulary) logits within 512 MiB",
+    )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     seed: int = 0

@@ -39,8 +39,8 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from bigmodel.config import Config
-from bigmodel.data import BatchLoader, DataBundle
+from bigmodel.config import Config, TrainConfig
+from bigmodel.data import BatchLoader, DataBundle, DataInfo
 from bigmodel.data.loader import Batch
 from bigmodel.engine.device import autocast, resolve_device, resolve_precision, seed_everything
 from bigmodel.engine.distributed import any_rank, gather_objects, init_world, sum_across, world_from_env
@@ -59,6 +59,7 @@ LANGUAGE_MODELLING = ("mlm", "clm")  # DataInfo.kind of pretraining data
 EPOCH_SUMS = ("loss", "targets", "examples", "tokens")  # summed over an epoch, across ranks
 FULL = StateDictOptions(full_state_dict=True)  # FSDP: whole tensors, not this rank's shard
 FULL_ON_CPU = StateDictOptions(full_state_dict=True, cpu_offload=True)
+LOGITS_PER_EVAL_BATCH = 2**27  # float32 elements: 512 MiB
 
 
 class TrainingDiverged(UserError):
@@ -88,6 +89,16 @@ class Callback:
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def eval_batch_size(cfg: TrainConfig, info: DataInfo) -> int:
+    """``train.eval_batch_size``, or by default 1024 examples, fewer for a language model: its logits are a
+    vocabulary wide at every position, and 1024 blocks of 128 tokens at 16,000 words are 8.4 GB."""
+    if cfg.eval_batch_size is not None:
+        return cfg.eval_batch_size
+    if info.kind in LANGUAGE_MODELLING:
+        return max(1, min(1024, LOGITS_PER_EVAL_BATCH // (info.input_shape[0] * info.vocab_size)))
+    return 1024
 
 
 def move(batch: Batch, device: torch.device, channels_last: bool) -> Batch:
@@ -183,7 +194,8 @@ class Trainer:
         # Each rank validates a shard, except under FSDP, where every forward pass needs every rank.
         shards = 1 if self.sharded else self.world.size
         shard = torch.tensor_split(torch.arange(len(data.val)), shards)[self.world.rank % shards]
-        self.val_loader = BatchLoader(data.val.take(shard), tc.eval_batch_size, data.eval_transform)
+        val_batch = eval_batch_size(tc, data.info)
+        self.val_loader = BatchLoader(data.val.take(shard), val_batch, data.eval_transform)
         self.steps_per_epoch = math.ceil(len(self.train_loader) / tc.grad_accum)
         self.optimizer = build_optimizer(self.model, cfg.optim, self.sharded)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.steps_per_epoch, tc.epochs)

