@@ -1,0 +1,37 @@
+"""A language model run's validation split evaluated at one batch size: seconds, peak RSS and the sums.
+
+    python -m benchmarks.lm_eval_batch RUN [--batch N]     # default: bigmodel's default for the run
+
+One size per process, so that the peak RSS is that size's own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+
+from bigmodel.api import _load_with_data
+from bigmodel.data import BatchLoader
+from bigmodel.engine.trainer import eval_batch_size, language_model_eval
+
+
+def main() -> int:
+    about = __doc__.split("\n\n")[0]
+    p = argparse.ArgumentParser(prog="python -m benchmarks.lm_eval_batch", description=about)
+    p.add_argument("run")
+    p.add_argument("--batch", type=int, default=None)
+    args = p.parse_args()
+    loaded, data, device, dtype = _load_with_data(args.run)
+    size = args.batch or eval_batch_size(loaded.config.train, data.info)
+    start = time.perf_counter()
+    sums = language_model_eval(loaded.model, BatchLoader(data.val, size, data.eval_transform), device, dtype)
+    seconds = time.perf_counter() - start
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"batch {size}: {len(data.val)} blocks in {seconds:.1f} s, peak RSS {rss:,.0f} MiB")
+    print(f"sums (loss, predicted tokens, correct): {sums.tolist()}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
