@@ -23,7 +23,7 @@ from bigmodel.engine.trainer import (
     Callback,
     Trainer,
     TrainingDiverged,
-    eval_batch_size,
+    eval_loader,
     language_model_eval,
     predict_logits,
 )
@@ -259,7 +259,7 @@ def _metrics(
 
 
 def _loader(data: DataBundle, split: str, cfg: Config) -> BatchLoader:
-    return BatchLoader(data.split(split), eval_batch_size(cfg.train, data.info), data.eval_transform)
+    return eval_loader(data.split(split), data, cfg.train)
 
 
 def predict(run: str | Path, inputs: list[str], top_k: int = 3) -> list[dict[str, Any]]:

@@ -40,7 +40,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from bigmodel.config import Config, TrainConfig
-from bigmodel.data import BatchLoader, DataBundle, DataInfo
+from bigmodel.data import BatchLoader, DataBundle, DataInfo, TensorSplit
 from bigmodel.data.loader import Batch
 from bigmodel.engine.device import autocast, resolve_device, resolve_precision, seed_everything
 from bigmodel.engine.distributed import any_rank, gather_objects, init_world, sum_across, world_from_env
@@ -89,6 +89,11 @@ class Callback:
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def eval_loader(split: TensorSplit, data: DataBundle, cfg: TrainConfig) -> BatchLoader:
+    """Batches of ``split`` for evaluation: in order, unaugmented, ``eval_batch_size`` at a time."""
+    return BatchLoader(split, eval_batch_size(cfg, data.info), data.eval_transform)
 
 
 def eval_batch_size(cfg: TrainConfig, info: DataInfo) -> int:
@@ -194,8 +199,7 @@ class Trainer:
         # Each rank validates a shard, except under FSDP, where every forward pass needs every rank.
         shards = 1 if self.sharded else self.world.size
         shard = torch.tensor_split(torch.arange(len(data.val)), shards)[self.world.rank % shards]
-        val_batch = eval_batch_size(tc, data.info)
-        self.val_loader = BatchLoader(data.val.take(shard), val_batch, data.eval_transform)
+        self.val_loader = eval_loader(data.val.take(shard), data, tc)
         self.steps_per_epoch = math.ceil(len(self.train_loader) / tc.grad_accum)
         self.optimizer = build_optimizer(self.model, cfg.optim, self.sharded)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.steps_per_epoch, tc.epochs)
