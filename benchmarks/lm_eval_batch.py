@@ -22,8 +22,10 @@ def main() -> int:
     p.add_argument("run")
     p.add_argument("--batch", type=int, default=None)
     args = p.parse_args()
+    if args.batch is not None and args.batch < 1:
+        p.error(f"--batch must be at least 1, got {args.batch}")
     loaded, data, device, dtype = _load_with_data(args.run)
-    size = args.batch or eval_batch_size(loaded.config.train, data.info)
+    size = args.batch if args.batch is not None else eval_batch_size(loaded.config.train, data.info)
     start = time.perf_counter()
     sums = language_model_eval(loaded.model, BatchLoader(data.val, size, data.eval_transform), device, dtype)
     seconds = time.perf_counter() - start
