@@ -1,6 +1,10 @@
 """End-to-end training on scikit-learn's digits: the run directory, resume, stopping, determinism."""
 
 import json
+import platform
+import resource
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -149,3 +153,31 @@ def test_compiled_training_matches_eager(tmp_path: Path):
     we, wc = (last_weights(r) for r in (eager, compiled))
     assert we.keys() == wc.keys()
     assert all(torch.allclose(we[k].float(), wc[k].float(), atol=1e-4) for k in we)
+
+
+FAULTS_AFTER_TRAINER = """
+import resource, sys, torch
+from bigmodel.config import load_config
+from bigmodel.data import build_data
+from bigmodel.engine.trainer import Trainer
+from bigmodel.models import build_model
+cfg = load_config(None, sys.argv[1:])
+data = build_data(cfg.data)
+Trainer(build_model(cfg.model, data.info), data, cfg)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    torch.empty(64 << 20, dtype=torch.uint8).fill_(1)  # one activation-sized block, freed at once
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_the_trainer_keeps_freed_memory_so_steps_do_not_fault_pages_in_again():
+    def faults(keep: bool) -> int:
+        args = [*DIGITS_ARGS, f"train.keep_freed_memory={str(keep).lower()}"]
+        cmd = [sys.executable, "-c", FAULTS_AFTER_TRAINER, *args]
+        return int(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.split()[-1])
+
+    pages = 10 * (64 << 20) // resource.getpagesize()
+    assert faults(keep=False) > pages // 2  # glibc maps each 64 MiB block afresh and unmaps it on free
+    assert faults(keep=True) < pages // 10  # the first block's pages, reused nine times

@@ -119,6 +119,11 @@ class TrainConfig(Section):
     keep_checkpoints: int = Field(2, gt=0, description="step checkpoints kept, newest first (best is extra)")
     compile: bool = Field(False, description="torch.compile the training forward pass (slow first steps)")
     threads: int | None = Field(None, gt=0, description="torch intra-op threads; default: all cores")
+    keep_freed_memory: bool = Field(
+        True,
+        description="glibc: reuse freed memory instead of returning it to the OS, so a step does not fault "
+        "its activations in again (memory stays at its peak until the process exits)",
+    )
     progress: bool = True
 
     @property

@@ -42,7 +42,13 @@ from torch.distributed.checkpoint.state_dict import (
 from bigmodel.config import Config, TrainConfig
 from bigmodel.data import BatchLoader, DataBundle, DataInfo, TensorSplit
 from bigmodel.data.loader import Batch
-from bigmodel.engine.device import autocast, resolve_device, resolve_precision, seed_everything
+from bigmodel.engine.device import (
+    autocast,
+    keep_freed_memory,
+    resolve_device,
+    resolve_precision,
+    seed_everything,
+)
 from bigmodel.engine.distributed import any_rank, gather_objects, init_world, sum_across, world_from_env
 from bigmodel.engine.optim import build_optimizer, build_scheduler
 from bigmodel.errors import Interrupted, UserError
@@ -170,6 +176,8 @@ class Trainer:
         if self.world.distributed:  # same initial weights everywhere (DDP checks), own dropout per rank
             seed_everything(tc.seed + self.world.rank, tc.deterministic)
         self.dtype = resolve_precision(tc.precision, self.device)
+        if tc.keep_freed_memory:
+            keep_freed_memory()
         self.channels_last = tc.channels_last and len(data.info.input_shape) == 3
         memory_format = torch.channels_last if self.channels_last else torch.preserve_format
         self.model = model.to(self.device, memory_format=memory_format)
