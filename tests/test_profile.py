@@ -120,6 +120,28 @@ def test_matmul_peak_is_measured_once_then_cached(tmp_path: Path):
     assert again == flops and how.endswith("cached")
 
 
+def test_a_peak_measured_low_is_measured_again_and_the_best_is_kept(tmp_path: Path, peak_cache: Path):
+    cpu = torch.device("cpu")
+    cache = tmp_path / "peak.json"
+    flops, _ = profiling.matmul_peak(cpu, torch.float32, cache)
+    (key,) = json.loads(cache.read_text())
+    cache.write_text(json.dumps({key: {"flops": 1e30, "size": 2048}}))  # better than any measurement
+    kept, how = profiling.matmul_peak(cpu, torch.float32, cache, remeasure=True)
+    assert kept == 1e30 and how.endswith("the best of now and cached")
+    cache.write_text(json.dumps({key: {"flops": 1.0, "size": 2048}}))  # as if measured on a busy machine
+    raised, how = profiling.matmul_peak(cpu, torch.float32, cache, remeasure=True)
+    assert raised > 1e6 and how.endswith("measured now")
+    assert json.loads(cache.read_text())[key]["flops"] == raised
+    # A profile that runs faster than the cached peak measures the peak again.
+    low = {
+        profiling.peak_key(cpu, dtype): {"flops": 1.0, "size": 2048}
+        for dtype in (torch.float32, torch.bfloat16)
+    }
+    peak_cache.write_text(json.dumps(low))
+    p = api.profile(None, DIGITS, batch_size=32, steps=2)
+    assert p.peak_matmul.endswith("measured now") and p.peak_gflops > 1e-3
+
+
 def test_text_flops_count_attention_at_the_batch_length(reviews: Path):
     p = api.profile(None, [f"data.path={reviews}", *TEXT_ARGS, *TRANSFORMER], steps=1)
     length, dim = p.sequence_length, 32
