@@ -1,6 +1,6 @@
 """A language model run's validation split evaluated at one batch size: seconds, peak RSS and the sums.
 
-    python -m benchmarks.lm_eval_batch RUN [--batch N]     # default: bigmodel's default for the run
+    python -m benchmarks.lm_eval_batch RUN [--batch N]     # default: bigmodel's default for the run's data
 
 One size per process, so that the peak RSS is that size's own.
 """
@@ -12,8 +12,7 @@ import resource
 import time
 
 from bigmodel.api import _load_with_data
-from bigmodel.data import BatchLoader
-from bigmodel.engine.trainer import eval_batch_size, language_model_eval
+from bigmodel.engine.trainer import eval_loader, language_model_eval
 
 
 def main() -> int:
@@ -25,9 +24,12 @@ def main() -> int:
     if args.batch is not None and args.batch < 1:
         p.error(f"--batch must be at least 1, got {args.batch}")
     loaded, data, device, dtype = _load_with_data(args.run)
-    size = args.batch if args.batch is not None else eval_batch_size(loaded.config.train, data.info)
+    # Without --batch, today's default, even where the run's config.yaml recorded an older one.
+    train_cfg = loaded.config.train.model_copy(update={"eval_batch_size": args.batch})
+    loader = eval_loader(data.val, data, train_cfg)
+    size = loader.batch_size
     start = time.perf_counter()
-    sums = language_model_eval(loaded.model, BatchLoader(data.val, size, data.eval_transform), device, dtype)
+    sums = language_model_eval(loaded.model, loader, device, dtype)
     seconds = time.perf_counter() - start
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"batch {size}: {len(data.val)} blocks in {seconds:.1f} s, peak RSS {rss:,.0f} MiB")
