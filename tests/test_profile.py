@@ -88,7 +88,8 @@ def test_cnn_profile_counts_measures_and_compares_with_the_peak():
     assert p.activation_bytes > 0 and p.activation_bytes_per_example == p.activation_bytes / 32
     assert p.train_examples_per_s > 0 and p.inference_examples_per_s > 0
     assert p.achieved_gflops == pytest.approx(p.train_flops * p.train_examples_per_s / 1e9)
-    assert 0 < p.mfu <= 1.5 and p.peak_gflops > 0
+    # The peak and the model are timed at different moments: their ratio is not bounded on a busy machine.
+    assert p.peak_gflops > 0 and p.mfu > 0 and p.mfu == pytest.approx(p.achieved_gflops / p.peak_gflops)
     assert p.optimizer_state_mb == pytest.approx(2 * p.params * 4 / 1e6, rel=1e-3)  # AdamW: 2 moments
     assert set(p.phases_ms) == set(profiling.PHASES)
     assert len(p.top_ops) == 11 and any(op["name"].startswith("aten::") for op in p.top_ops)
@@ -180,7 +181,9 @@ def test_cli_prints_a_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["profile", str(run), "train.batch_size=8", "--steps", "1", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["batch_size"] == 8 and report["model"] == "cnn"
-    assert 0 < report["mfu"] <= 1.5 and len(report["top_ops"]) == 11
+    mfu = report["achieved_gflops"] / report["peak_gflops"]
+    assert report["mfu"] > 0 and report["mfu"] == pytest.approx(mfu)
+    assert len(report["top_ops"]) == 11
     assert sorted(p.name for p in run.iterdir()) == ["config.yaml"]
 
 
