@@ -30,6 +30,7 @@ from bigmodel.data.text import TextTransform
 from bigmodel.data.vision import image_transform
 from bigmodel.engine.device import seed_everything
 from bigmodel.models import build_model
+from bigmodel.models.output import ModelOutput, as_output
 
 
 @dataclass(frozen=True)
@@ -194,9 +195,9 @@ class Collate:
         return batch
 
 
-def loss(logits: torch.Tensor, labels: torch.Tensor, **_: Any) -> torch.Tensor:
+def loss(outputs: ModelOutput | torch.Tensor, labels: torch.Tensor, **_: Any) -> torch.Tensor:
     """Cross-entropy in float32, as bigmodel computes it (``**_``: the HF Trainer adds num_items_in_batch)."""
-    return F.cross_entropy(logits.float(), labels)
+    return F.cross_entropy(as_output(outputs).logits.float(), labels)
 
 
 class Bench:
@@ -259,7 +260,7 @@ class Bench:
         for start in range(0, n, size):
             part = {k: v[start : start + size] for k, v in self.val_features.items()}
             with self.autocast():
-                logits = model(**part)
+                logits = model(**part).logits
             correct += int((logits.argmax(dim=-1) == self.val_labels[start : start + size]).sum())
         model.train(was_training)
         return correct / n

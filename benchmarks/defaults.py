@@ -62,7 +62,7 @@ def plain(epochs: int, seed: int) -> dict[str, float]:
         start = time.perf_counter()
         for batch in loader:
             labels = batch.pop("labels")
-            loss = F.cross_entropy(model(**batch), labels)
+            loss = F.cross_entropy(model(**batch).logits, labels)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -75,7 +75,7 @@ def plain(epochs: int, seed: int) -> dict[str, float]:
         correct = sum(
             int(
                 (
-                    model(**{k: v[i : i + 1024] for k, v in test.items()}).argmax(1)
+                    model(**{k: v[i : i + 1024] for k, v in test.items()}).logits.argmax(1)
                     == data.test.labels[i : i + 1024]
                 ).sum()
             )

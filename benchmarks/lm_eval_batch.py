@@ -11,8 +11,9 @@ import argparse
 import resource
 import time
 
-from bigmodel.api import _load_with_data
-from bigmodel.engine.trainer import eval_loader, language_model_eval
+from bigmodel.engine.trainer import eval_loader
+from bigmodel.evaluation.scoring import load_with_data
+from bigmodel.tasks import task_for
 
 
 def main() -> int:
@@ -23,13 +24,13 @@ def main() -> int:
     args = p.parse_args()
     if args.batch is not None and args.batch < 1:
         p.error(f"--batch must be at least 1, got {args.batch}")
-    loaded, data, device, dtype = _load_with_data(args.run)
+    loaded, data, device, dtype = load_with_data(args.run)
     # Without --batch, today's default, even where the run's config.yaml recorded an older one.
     train_cfg = loaded.config.train.model_copy(update={"eval_batch_size": args.batch})
     loader = eval_loader(data.val, data, train_cfg)
     size = loader.batch_size
     start = time.perf_counter()
-    sums = language_model_eval(loaded.model, loader, device, dtype)
+    sums = task_for(data.info).evaluate(loaded.model, loader, device, dtype)
     seconds = time.perf_counter() - start
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"batch {size}: {len(data.val)} blocks in {seconds:.1f} s, peak RSS {rss:,.0f} MiB")

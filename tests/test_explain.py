@@ -70,7 +70,7 @@ def test_integrated_gradients_add_up_on_images(digits_run: Path):
     mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in (run.info.mean, run.info.std))
     black = ((0 - mean) / std).expand_as(features["pixels"])
     with torch.no_grad():
-        gaps = run.model(pixels=features["pixels"]) - run.model(pixels=black)
+        gaps = run.model(pixels=features["pixels"]).logits - run.model(pixels=black).logits
     for i, e in enumerate(explanations):
         assert e.kind == "image" and e.input == f"digit #{i}" and e.target == e.predicted
         assert e.attributions.shape == (8, 8) and e.image.shape == (1, 8, 8)
@@ -98,7 +98,7 @@ def test_integrated_gradients_add_up_on_texts(text_runs: dict[str, Path], model:
         baseline = torch.where(torch.isin(ids, frame), ids, run.info.pad_token_id)
         mask, target = torch.ones_like(ids), run.info.classes.index(label)
         with torch.no_grad():
-            gap = run.model(ids, mask)[0, target] - run.model(baseline, mask)[0, target]
+            gap = run.model(ids, mask).logits[0, target] - run.model(baseline, mask).logits[0, target]
         assert_complete(float(e.attributions.sum()), float(gap))
     top = {token for token, _ in ranked_tokens(explain_inputs(run, [POSITIVE])[0], k=2)}
     assert top == {"great", "wonderful"}

@@ -9,7 +9,7 @@ import torch
 from sklearn import metrics as sk
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from bigmodel.evaluation.metrics import classification_metrics
+from bigmodel.tasks.metrics import classification_metrics
 
 
 def noisy_predictions(classes: int, n: int = 600, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -21,7 +21,7 @@ def test_every_model_maps_images_to_logits(name: str, shape: list[int]):
         model = build_model(ModelConfig(name=name, depth=2), info(shape, classes=7))
     else:
         model = build_model(ModelConfig(name=name), info(shape, classes=7))
-    out = model(pixels=torch.randn(5, *shape))
+    out = model(pixels=torch.randn(5, *shape)).logits
     assert out.shape == (5, 7)
     out.sum().backward()
     assert all(p.grad is not None for p in model.parameters())
@@ -42,7 +42,7 @@ def test_seed_cnn_trains_the_same_channels_last_and_keeps_the_gradient_channels_
     pooled_grads = []
     fast.features[4].register_full_backward_hook(lambda m, g_in, g_out: pooled_grads.append(g_out[0]))
     for model, pixels in ((plain, x), (fast, x.contiguous(memory_format=torch.channels_last))):
-        model(pixels).square().sum().backward()
+        model(pixels).logits.square().sum().backward()
     for a, b in zip(plain.parameters(), fast.parameters(), strict=True):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6)
     # The max-pool's output gradient arrives in its own layout: its backward converts nothing.

@@ -14,15 +14,17 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from bigmodel.api import _load_with_data, generate, predict, resume, train
+from bigmodel.api import generate, predict, resume, train
 from bigmodel.cli import main
 from bigmodel.config import DataConfig, ModelConfig, TrainConfig, load_config
 from bigmodel.data import BatchLoader, DataInfo
 from bigmodel.data.lm import MaskTokens, build_lm_data, split_texts
-from bigmodel.engine.trainer import eval_batch_size, language_model_eval
+from bigmodel.engine.trainer import eval_batch_size
 from bigmodel.errors import UserError
+from bigmodel.evaluation.scoring import load_with_data
 from bigmodel.models import build_model
 from bigmodel.run import Run
+from bigmodel.tasks import task_for
 from test_resilience import assert_same_run, bigmodel, wait_for_checkpoint
 
 TINY = ["model.hidden_size=32", "model.layers=2", "model.heads=2", "train.progress=false"]
@@ -125,7 +127,7 @@ def test_mlm_round_trips_through_hugging_face_and_fine_tunes(mlm_run: Path, tmp_
     ids = torch.tensor([tokenizer("a gorgeous, moving film")["input_ids"]])
     ours = Run.load(mlm_run).model
     with torch.no_grad():
-        expected = ours(input_ids=ids, attention_mask=torch.ones_like(ids))
+        expected = ours(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
         loaded = AutoModelForMaskedLM.from_pretrained(hf)(input_ids=ids).logits
     assert torch.equal(expected, loaded)
     # The classifier starts from exactly the pretrained encoder.
@@ -188,9 +190,11 @@ def test_language_model_evaluation_batches_keep_the_logits_small(gpt_run: Path):
     image = DataInfo(kind="image", classes=["a", "b"], input_shape=[1, 28, 28], source="")
     assert eval_batch_size(TrainConfig(), image) == 1024
     # The batch size changes the memory, not the metrics.
-    loaded, data, device, dtype = _load_with_data(gpt_run)
+    loaded, data, device, dtype = load_with_data(gpt_run)
     sums = [
-        language_model_eval(loaded.model, BatchLoader(data.val, n, data.eval_transform), device, dtype)
+        task_for(data.info).evaluate(
+            loaded.model, BatchLoader(data.val, n, data.eval_transform), device, dtype
+        )
         for n in (eval_batch_size(loaded.config.train, data.info), 5)
     ]
     torch.testing.assert_close(sums[0], sums[1], rtol=1e-3, atol=0)

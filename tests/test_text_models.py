@@ -69,7 +69,7 @@ def test_text_models_map_ids_to_logits_and_train_every_weight(name: str, setting
     model = build(name, settings)
     assert isinstance(model.embeddings, nn.Embedding)
     ids, mask = batch([12, 3, 7, 1], width=12)
-    logits = model(input_ids=ids, attention_mask=mask)
+    logits = model(input_ids=ids, attention_mask=mask).logits
     assert logits.shape == (4, 3)
     logits.sum().backward()
     # Every weight tensor gets a gradient, and a non-zero one (single rows may get none: the pad row,
@@ -89,10 +89,10 @@ def test_padding_does_not_change_the_logits(name: str, settings: dict):
     wide_mask = torch.zeros(4, 32, dtype=torch.long)
     wide_mask[:, :12] = mask
     with torch.no_grad():
-        short = model(input_ids=ids, attention_mask=mask)
-        wide = model(input_ids=wide_ids, attention_mask=wide_mask)
+        short = model(input_ids=ids, attention_mask=mask).logits
+        wide = model(input_ids=wide_ids, attention_mask=wide_mask).logits
         # A batch's other members do not matter either: the third example alone.
-        alone = model(input_ids=ids[2:3, :9], attention_mask=mask[2:3, :9])
+        alone = model(input_ids=ids[2:3, :9], attention_mask=mask[2:3, :9]).logits
     torch.testing.assert_close(short, wide, atol=1e-5, rtol=0)
     torch.testing.assert_close(short[2:3], alone, atol=1e-5, rtol=0)
 
@@ -104,8 +104,9 @@ def test_attention_weights_for_explainers(name: str, settings: dict):
     model = build(name, settings).eval()
     ids, mask = batch([10, 4, 7], width=10)
     with torch.no_grad():
-        plain = model(input_ids=ids, attention_mask=mask)
-        logits, attentions = model(input_ids=ids, attention_mask=mask, return_attentions=True)
+        plain = model(input_ids=ids, attention_mask=mask).logits
+        out = model(input_ids=ids, attention_mask=mask, return_attentions=True)
+        logits, attentions = out.logits, out.attentions
     torch.testing.assert_close(logits, plain, atol=1e-5, rtol=0)  # the explicit path computes the same
     expected_layers = {"attention": 1, "transformer": 2, "bert": 2}[name]
     assert len(attentions) == expected_layers
@@ -148,14 +149,16 @@ def test_tiny_models_learn_whether_a_token_occurs(name: str, settings: dict):
     for _ in range(200):
         pick = torch.randint(0, 256, (64,))
         loss = nn.functional.cross_entropy(
-            model(input_ids=ids[pick], attention_mask=mask[pick]), labels[pick]
+            model(input_ids=ids[pick], attention_mask=mask[pick]).logits, labels[pick]
         )
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     model.eval()
     with torch.no_grad():
-        accuracy = (model(input_ids=ids, attention_mask=mask).argmax(1) == labels).float().mean().item()
+        accuracy = (
+            (model(input_ids=ids, attention_mask=mask).logits.argmax(1) == labels).float().mean().item()
+        )
     assert accuracy >= 0.9
 
 
@@ -185,7 +188,7 @@ def test_bert_loads_a_saved_encoder(tmp_path: Path):
     assert model.bert.config._attn_implementation == "sdpa"
     assert model.head.in_features == 32
     ids, mask = batch([5, 9], width=9)
-    assert model(input_ids=ids, attention_mask=mask).shape == (2, 3)
+    assert model(input_ids=ids, attention_mask=mask).logits.shape == (2, 3)
 
 
 def test_bert_errors_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -250,7 +253,7 @@ def test_attention_dropout_is_its_own_setting_and_off_by_default(name: str, sett
             for module in model.modules():  # keeping the attention dropout under test (0.5)
                 if isinstance(module, nn.Dropout) and module.p != 0.5:
                     module.p = 0.0
-        return model(ids, mask), model(ids, mask)
+        return model(ids, mask).logits, model(ids, mask).logits
 
     first, second = twice({})
     assert torch.equal(first, second)

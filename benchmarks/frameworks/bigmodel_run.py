@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from benchmarks.cases import Bench, bigmodel_overrides
-from bigmodel.api import _callbacks
+from bigmodel.api import default_callbacks
 from bigmodel.engine.trainer import Callback, Trainer
 from bigmodel.run import RunPaths, write_run_files
 
@@ -37,7 +37,7 @@ def run(bench: Bench) -> dict[str, Any]:
     trainer = Trainer(model, bench.data, cfg)
     paths = RunPaths(bench.workdir / "run")
     write_run_files(paths, cfg, bench.data, model)
-    trainer.callbacks = [*_callbacks(cfg, paths), ReadClock(bench)]
+    trainer.callbacks = [*default_callbacks(cfg, paths), ReadClock(bench)]
     trainer.fit()
     options = {
         "overrides": bigmodel_overrides(bench.settings),

@@ -24,7 +24,7 @@ class Classifier(pl.LightningModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         labels = batch.pop("labels")
-        value = loss(self.model(**batch), labels)
+        value = loss(self.model(**batch).logits, labels)
         self.log("train_loss", value)
         return value
 

@@ -22,7 +22,7 @@ def run(bench: Bench) -> dict[str, Any]:
     for batch in train_loader:  # one epoch: exactly the run's steps
         labels = batch.pop("labels")
         with bench.autocast():
-            outputs = model(**batch)
+            outputs = model(**batch).logits
         loss = criterion(outputs.float(), labels)
         optimizer.zero_grad()
         loss.backward()

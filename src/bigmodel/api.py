@@ -3,7 +3,6 @@ generate."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 from pathlib import Path
@@ -13,24 +12,16 @@ import torch
 import torch.nn as nn
 
 from bigmodel.config import Config, apply_overrides, validate_config
-from bigmodel.data import BatchLoader, DataBundle, build_data
+from bigmodel.data import DataBundle
 from bigmodel.engine.callbacks import Checkpoints, EarlyStopping, MetricsJsonl, ProgressBar, TensorBoard
 from bigmodel.engine.checkpoint import latest_good_checkpoint, load_state, load_weights, step_checkpoints
-from bigmodel.engine.device import resolve_device, resolve_precision, seed_everything
+from bigmodel.engine.device import seed_everything
 from bigmodel.engine.distributed import close_world, is_peer_failure, leave_together
-from bigmodel.engine.trainer import (
-    LANGUAGE_MODELLING,
-    Callback,
-    Trainer,
-    TrainingDiverged,
-    eval_loader,
-    language_model_eval,
-    predict_logits,
-)
+from bigmodel.engine.trainer import Callback, Trainer, TrainingDiverged
 from bigmodel.errors import Interrupted, UserError
-from bigmodel.evaluation.metrics import classification_metrics, language_model_metrics
 from bigmodel.evaluation.profile import Profile, profile_model, profile_source
 from bigmodel.evaluation.report import log_test_metrics
+from bigmodel.evaluation.scoring import load_with_data, run_data, split_metrics
 from bigmodel.models import build_model
 from bigmodel.run import (
     Run,
@@ -39,9 +30,11 @@ from bigmodel.run import (
     model_config,
     new_run_dir,
     read_config,
+    write_history,
     write_json,
     write_run_files,
 )
+from bigmodel.tasks import generates, task_for
 
 
 def train(cfg: Config, out: str | Path | None = None) -> Path | None:
@@ -56,7 +49,7 @@ def train(cfg: Config, out: str | Path | None = None) -> Path | None:
     try:
         trainer = Trainer(model, data, cfg)  # joins the torchrun job, if any
         paths = RunPaths(new_run_dir(cfg.name or "run", out)) if trainer.world.is_main else None
-        trainer.callbacks = _callbacks(cfg, paths)
+        trainer.callbacks = default_callbacks(cfg, paths)
         if paths is not None:
             write_run_files(paths, cfg, data, model)
         try:
@@ -93,11 +86,11 @@ def resume(run: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Path
     try:
         trainer = Trainer(model, data, cfg)
         main = trainer.world.is_main
-        trainer.callbacks = _callbacks(cfg, paths if main else None)
+        trainer.callbacks = default_callbacks(cfg, paths if main else None)
         trainer.load_state_dict(state)
         if main:
             # Epochs after the checkpoint may have been logged before a crash: the checkpoint is the truth.
-            paths.metrics.write_text("".join(json.dumps(m) + "\n" for m in trainer.history), encoding="utf-8")
+            write_history(paths.root, trainer.history)
             write_run_files(paths, cfg, data, model)
             where = f"the end of epoch {trainer.epoch}"
             if trainer.batch_in_epoch:
@@ -117,19 +110,12 @@ def _prepare(cfg: Config, run: RunPaths | None = None) -> tuple[DataBundle, nn.M
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     seed_everything(cfg.train.seed, cfg.train.deterministic)
-    data = _build_run_data(cfg, run)
+    data = run_data(cfg, run)
     model_cfg = model_config(run, cfg).model if run is not None else cfg.model
     return data, build_model(model_cfg, data.info)
 
 
-def _build_run_data(cfg: Config, run: RunPaths | None) -> DataBundle:
-    """The data as the run saw it: an existing run's own tokenizer, never a retrained one."""
-    if run is not None and run.tokenizer.is_dir():
-        return build_data(cfg.data.model_copy(update={"tokenizer": str(run.tokenizer)}))
-    return build_data(cfg.data)
-
-
-def _callbacks(cfg: Config, paths: RunPaths | None) -> list[Callback]:
+def default_callbacks(cfg: Config, paths: RunPaths | None) -> list[Callback]:
     """Checkpoints and early stopping on every rank (they take part in collectives and must agree on
     when to stop); the writers only where there is a run directory, rank 0."""
     tc = cfg.train
@@ -139,7 +125,7 @@ def _callbacks(cfg: Config, paths: RunPaths | None) -> list[Callback]:
     if tc.early_stopping.patience:
         callbacks.append(EarlyStopping(tc.early_stopping.patience, tc.early_stopping.min_delta))
     if paths is not None:
-        callbacks += [MetricsJsonl(paths.metrics), TensorBoard(paths.root)]
+        callbacks += [MetricsJsonl(paths.root), TensorBoard(paths.root)]
         if tc.progress:
             callbacks.append(ProgressBar())
     return callbacks
@@ -163,8 +149,7 @@ def _fit_and_report(trainer: Trainer, paths: RunPaths | None) -> Path | None:
         newest = step_checkpoints(paths.checkpoints)
         kept = f"checkpoint {newest[0].tag} (epoch {trainer.epoch})" if newest else "no checkpoint"
         if isinstance(exc, Interrupted):
-            command = "pretrain" if trainer.data.info.kind in LANGUAGE_MODELLING else "train"
-            resume = f"bigmodel {command} --resume {paths.root}"
+            resume = f"bigmodel {trainer.task.command} --resume {paths.root}"
             raise Interrupted(f"{exc}; saved {kept}; continue with: {resume}", exc.signum) from None
         raise TrainingDiverged(f"{exc}; {kept} is kept") from None
     if paths is None:
@@ -172,7 +157,7 @@ def _fit_and_report(trainer: Trainer, paths: RunPaths | None) -> Path | None:
     print(f"stopped: {trainer.stop_reason}", file=sys.stderr)
     best = Run.load(paths.root)  # the best checkpoint as saved: exactly what evaluate and predict load
     val, test = (
-        _metrics(best.model, trainer.data, s, trainer.cfg, trainer.device, trainer.dtype)
+        split_metrics(best.model, trainer.data, s, trainer.cfg, trainer.device, trainer.dtype)
         for s in ("val", "test")
     )
     history = trainer.history
@@ -191,7 +176,7 @@ def _fit_and_report(trainer: Trainer, paths: RunPaths | None) -> Path | None:
     }
     write_json(paths.report, report)
     log_test_metrics(paths.root, test, trainer.data.info.classes, trainer.epoch)
-    if hasattr(best.model, "hf"):
+    if best.model.exports_hf:
         export_hf(best, trainer.data.tokenizer)
     return paths.root
 
@@ -221,58 +206,18 @@ def _median(values: list[float]) -> float:
 
 def evaluate(run: str | Path, split: str = "test") -> dict[str, Any]:
     """Metrics of a run's best checkpoint on one split of its data (rebuilt from its config)."""
-    loaded, data, device, dtype = _load_with_data(run)
-    return _metrics(loaded.model, data, split, loaded.config, device, dtype)
-
-
-def split_logits(run: str | Path, split: str = "test") -> tuple[Run, DataBundle, torch.Tensor, torch.Tensor]:
-    """A classifier run's best checkpoint, its rebuilt data, and the logits and labels of one split: for
-    tools that need more than the metrics (the report's mistakes and calibration)."""
-    loaded, data, device, dtype = _load_with_data(run)
-    loader = _loader(data, split, loaded.config)
-    logits, labels = predict_logits(loaded.model.to(device), loader, device, dtype)
-    return loaded, data, logits, labels
-
-
-def _load_with_data(run: str | Path) -> tuple[Run, DataBundle, torch.device, torch.dtype]:
-    """The best checkpoint, the data as it saw it, and the device and precision its config asks for."""
-    loaded = Run.load(run)
-    data = _build_run_data(loaded.config, loaded.paths)
-    if data.info.classes != loaded.info.classes:  # labels are positions in this list: order matters too
-        unseen = [c for c in data.info.classes if c not in loaded.info.classes]
-        raise UserError(
-            f"the data now has classes the run never trained on ({', '.join(unseen) or 'a different set'}); "
-            f"the run knows {', '.join(loaded.info.classes)}"
-        )
-    device = resolve_device(loaded.config.train.device)
-    return loaded, data, device, resolve_precision(loaded.config.train.precision, device)
-
-
-def _metrics(
-    model: nn.Module, data: DataBundle, split: str, cfg: Config, device: torch.device, dtype: torch.dtype
-) -> dict[str, Any]:
-    loader = _loader(data, split, cfg)
-    if data.info.kind in LANGUAGE_MODELLING:
-        return language_model_metrics(language_model_eval(model.to(device), loader, device, dtype))
-    logits, labels = predict_logits(model.to(device), loader, device, dtype)
-    return classification_metrics(logits, labels, data.info.classes)
-
-
-def _loader(data: DataBundle, split: str, cfg: Config) -> BatchLoader:
-    return eval_loader(data.split(split), data, cfg.train)
+    loaded, data, device, dtype = load_with_data(run)
+    return split_metrics(loaded.model, data, split, loaded.config, device, dtype)
 
 
 def predict(run: str | Path, inputs: list[str], top_k: int = 3) -> list[dict[str, Any]]:
     """Top-k classes with probabilities for each input: image files for image runs, texts for text runs."""
     loaded = Run.load(run)
-    if loaded.info.kind in LANGUAGE_MODELLING:
-        raise UserError(
-            f"{run} is a pretrained language model, not a classifier: continue text with bigmodel generate "
-            "(clm), or fine-tune it with model.name=bert model.pretrained=RUN/hf (mlm)"
-        )
+    task = task_for(loaded.info)
+    task.require_classifier(run, "predict")
     features = loaded.encode(inputs)
     with torch.inference_mode():
-        probs = torch.softmax(loaded.model(**features).float(), dim=1)
+        probs = torch.softmax(task.output(loaded.model, features).logits.float(), dim=1)
     k = min(top_k, probs.shape[1])
     top = probs.topk(k, dim=1)
     return [
@@ -332,7 +277,7 @@ def generate(
     """Continue ``prompt`` with a causal LM run, sampling through Hugging Face's ``generate``; the same
     seed gives the same text. ``temperature=0`` picks the likeliest token at each step."""
     loaded = Run.load(run)
-    if loaded.info.kind != "clm":
+    if not generates(task_for(loaded.info)):
         raise UserError(
             f"{run} is not a causal language model; generate needs a run pretrained with "
             "data.objective=clm (e.g. bigmodel pretrain configs/gpt-imdb.yaml)"

@@ -126,6 +126,8 @@ def _parser() -> argparse.ArgumentParser:
 def _train(args: argparse.Namespace, pretrain: bool = False) -> int:
     from bigmodel import api
     from bigmodel.config import load_config
+    from bigmodel.run import read_info, read_report
+    from bigmodel.tasks import task_for
 
     config, overrides = _split_config_args(args.args)
     if args.resume:
@@ -142,23 +144,14 @@ def _train(args: argparse.Namespace, pretrain: bool = False) -> int:
         run = api.train(cfg, args.out)
     if run is None:  # a torchrun rank other than 0: rank 0 reports
         return 0
-    report = json.loads((run / "report.json").read_text())
+    report = read_report(run)
     test = report["test"]
     done = (
         f"({report['train_seconds']:.0f} s, {report['params']:,} params, best epoch {report['best_epoch']})"
     )
-    if "perplexity" in test:
-        print(
-            f"test loss {test['loss']:.4f}  perplexity {test['perplexity']:.2f}  token accuracy "
-            f"{test['accuracy']:.4f}  {done}"
-        )
-        if (run / "hf").is_dir():
-            print(f"hf:          {run / 'hf'}  (AutoModel.from_pretrained reads it)")
-    else:
-        print(
-            f"test accuracy {test['accuracy']:.4f}  f1_macro {test['f1_macro']:.4f}  "
-            f"precision_macro {test['precision_macro']:.4f}  recall_macro {test['recall_macro']:.4f}  {done}"
-        )
+    print(f"{task_for(read_info(run)).summary_line(test)}  {done}")
+    if (run / "hf").is_dir():
+        print(f"hf:          {run / 'hf'}  (AutoModel.from_pretrained reads it)")
     print(f"run:         {run}")
     print(f"report:      {run / 'report.json'}")
     print(f"tensorboard: tensorboard --logdir {run}")
@@ -192,19 +185,21 @@ def _split_config_args(items: list[str]) -> tuple[str | None, list[str]]:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from bigmodel import api
-    from bigmodel.evaluation.metrics import SUMMARY_KEYS
+    from bigmodel.run import read_info
+    from bigmodel.tasks import task_for
 
     metrics = api.evaluate(args.run, args.split)
     if args.json:
         print(json.dumps(metrics, indent=2))
         return 0
-    if "perplexity" in metrics:  # a language model
+    task = task_for(read_info(Path(args.run)))
+    if not task.classifier:
         print(f"{args.split}: {metrics['count']} predicted tokens")
-        for key in ("loss", "perplexity", "accuracy"):
+        for key in task.summary_keys:
             print(f"  {key:<16} {metrics[key]:.4f}")
         return 0
     print(f"{args.split}: {metrics['count']} examples")
-    for key in SUMMARY_KEYS:
+    for key in task.summary_keys:
         if key in metrics:
             print(f"  {key:<20} {metrics[key]:.4f}")
     names = list(metrics["per_class"])

@@ -109,6 +109,37 @@ def model_config(paths: RunPaths, cfg: Config) -> Config:
     return cfg.model_copy(update={"model": model})
 
 
+def read_info(run: Path) -> DataInfo:
+    """``data.json``: what the run's data looked like (kind, classes, input shape, normalisation)."""
+    path = RunPaths(run).data_info
+    if not path.is_file():
+        raise UserError(f"{run} has no data.json; the run did not finish setting up")
+    return DataInfo.from_dict(json.loads(path.read_text(encoding="utf-8")))
+
+
+def read_report(run: Path) -> dict[str, Any]:
+    """``report.json``: the final metrics; empty for a run that has not finished."""
+    path = RunPaths(run).report
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def read_history(run: Path) -> list[dict[str, Any]]:
+    """``metrics.jsonl``: one entry per finished epoch."""
+    path = RunPaths(run).metrics
+    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def write_history(run: Path, history: list[dict[str, Any]]) -> None:
+    """Rewrite ``metrics.jsonl`` (a resumed run: the checkpoint's history is the truth)."""
+    RunPaths(run).metrics.write_text("".join(json.dumps(m) + "\n" for m in history), encoding="utf-8")
+
+
+def append_history(run: Path, metrics: dict[str, Any]) -> None:
+    with RunPaths(run).metrics.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(metrics) + "\n")
+
+
 def read_config(run: Path) -> dict[str, Any]:
     paths = RunPaths(run)
     if not paths.config.is_file():
@@ -131,9 +162,7 @@ class Run:
     def load(cls, root: str | Path, checkpoint: str = "best") -> Run:
         paths = RunPaths(Path(root))
         config = model_config(paths, validate_config(read_config(paths.root)))
-        if not paths.data_info.is_file():
-            raise UserError(f"{paths.root} has no data.json; the run did not finish setting up")
-        info = DataInfo.from_dict(json.loads(paths.data_info.read_text(encoding="utf-8")))
+        info = read_info(paths.root)
         model = build_model(config.model, info)
         load_weights(model, paths.checkpoints / f"{checkpoint}.safetensors")
         model.eval()

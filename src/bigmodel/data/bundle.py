@@ -10,6 +10,8 @@ import torch
 
 from bigmodel.data.loader import TensorSplit, Transform
 
+IGNORE = -100  # the label of a position that is not predicted (PyTorch and Hugging Face use it too)
+
 
 @dataclass
 class DataInfo:

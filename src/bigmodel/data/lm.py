@@ -20,11 +20,10 @@ import numpy as np
 import torch
 
 from bigmodel.config import DataConfig
-from bigmodel.data.bundle import DataBundle, DataInfo, sample
+from bigmodel.data.bundle import IGNORE, DataBundle, DataInfo, sample
 from bigmodel.data.loader import TensorSplit
 from bigmodel.data.text import read_table, split_indices, text_tokenizer
 from bigmodel.errors import UserError
-from bigmodel.evaluation.metrics import IGNORE
 
 EVAL_MASK_SEED = 1234
 

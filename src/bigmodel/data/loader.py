@@ -34,6 +34,17 @@ class TensorSplit:
         return TensorSplit({k: v[index] for k, v in self.features.items()}, self.labels[index])
 
 
+def move(batch: Batch, device: torch.device, channels_last: bool = False) -> Batch:
+    """A batch on ``device``; images (4-d) channels-last when asked."""
+    out = {}
+    for key, value in batch.items():
+        value = value.to(device, non_blocking=True)
+        if channels_last and value.ndim == 4:
+            value = value.contiguous(memory_format=torch.channels_last)
+        out[key] = value
+    return out
+
+
 Transform = Callable[[dict[str, torch.Tensor], torch.Generator | None], dict[str, torch.Tensor]]
 
 

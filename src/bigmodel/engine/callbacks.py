@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import warnings
@@ -12,7 +11,8 @@ from typing import Any
 from tqdm import tqdm
 
 from bigmodel.engine.checkpoint import prune_checkpoints, save_checkpoint
-from bigmodel.engine.trainer import LANGUAGE_MODELLING, Callback, Trainer
+from bigmodel.engine.trainer import Callback, Trainer
+from bigmodel.run import append_history
 
 
 def _improved(value: float, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
@@ -34,7 +34,7 @@ class ProgressBar(Callback):
 
     def on_batch_end(self, trainer: Trainer, loss: float, size: int) -> None:
         # Language models count tokens (their blocks are full): tokens/s is the figure that compares.
-        per_example = trainer.data.info.input_shape[0] if trainer.data.info.kind in LANGUAGE_MODELLING else 1
+        per_example = trainer.task.tokens_per_example
         size *= per_example
         if self.bar is None:
             self.bar = tqdm(
@@ -73,12 +73,11 @@ class ProgressBar(Callback):
 class MetricsJsonl(Callback):
     """``metrics.jsonl``: one JSON object per epoch, the plain-text record of the run."""
 
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, run: Path):
+        self.run = run
 
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(metrics) + "\n")
+        append_history(self.run, metrics)
 
 
 class TensorBoard(Callback):
@@ -110,7 +109,7 @@ class TensorBoard(Callback):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                self.writer.add_graph(model, tuple(features.values()))
+                self.writer.add_graph(model, tuple(features.values()), use_strict_trace=False)
         except Exception as exc:  # tracing is best effort: some models cannot be traced
             print(f"warning: TensorBoard graph skipped ({type(exc).__name__}: {exc})", file=sys.stderr)
         finally:

@@ -31,7 +31,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -41,7 +40,8 @@ from torch.distributed.checkpoint.state_dict import (
 
 from bigmodel.config import Config, TrainConfig
 from bigmodel.data import BatchLoader, DataBundle, DataInfo, TensorSplit
-from bigmodel.data.loader import Batch
+from bigmodel.data.bundle import IGNORE
+from bigmodel.data.loader import Batch, move
 from bigmodel.engine.device import (
     autocast,
     keep_freed_memory,
@@ -52,20 +52,12 @@ from bigmodel.engine.device import (
 from bigmodel.engine.distributed import any_rank, gather_objects, init_world, sum_across, world_from_env
 from bigmodel.engine.optim import build_optimizer, build_scheduler
 from bigmodel.errors import Interrupted, UserError
-from bigmodel.evaluation.metrics import (
-    IGNORE,
-    classification_metrics,
-    language_model_metrics,
-    language_model_sums,
-    predicted_labels,
-    summary,
-)
+from bigmodel.tasks import Task, task_for
+from bigmodel.tasks.metrics import summary
 
-LANGUAGE_MODELLING = ("mlm", "clm")  # DataInfo.kind of pretraining data
 EPOCH_SUMS = ("loss", "targets", "examples", "tokens")  # summed over an epoch, across ranks
 FULL = StateDictOptions(full_state_dict=True)  # FSDP: whole tensors, not this rank's shard
 FULL_ON_CPU = StateDictOptions(full_state_dict=True, cpu_offload=True)
-LOGITS_PER_EVAL_BATCH = 2**27  # float32 elements: 512 MiB
 
 
 class TrainingDiverged(UserError):
@@ -98,66 +90,13 @@ class Callback:
 
 
 def eval_loader(split: TensorSplit, data: DataBundle, cfg: TrainConfig) -> BatchLoader:
-    """Batches of ``split`` for evaluation: in order, unaugmented, ``eval_batch_size`` at a time."""
+    """Batches of ``split`` for evaluation: in order, unaugmented, ``train.eval_batch_size`` at a time
+    (by default as many as the task finds safe)."""
     return BatchLoader(split, eval_batch_size(cfg, data.info), data.eval_transform)
 
 
 def eval_batch_size(cfg: TrainConfig, info: DataInfo) -> int:
-    """``train.eval_batch_size``, or by default 1024 examples, fewer for a language model: its logits are a
-    vocabulary wide at every position, and 1024 blocks of 128 tokens at 16,000 words are 8.4 GB."""
-    if cfg.eval_batch_size is not None:
-        return cfg.eval_batch_size
-    if info.kind in LANGUAGE_MODELLING:
-        return max(1, min(1024, LOGITS_PER_EVAL_BATCH // (info.input_shape[0] * info.vocab_size)))
-    return 1024
-
-
-def move(batch: Batch, device: torch.device, channels_last: bool) -> Batch:
-    out = {}
-    for key, value in batch.items():
-        value = value.to(device, non_blocking=True)
-        if channels_last and value.ndim == 4:
-            value = value.contiguous(memory_format=torch.channels_last)
-        out[key] = value
-    return out
-
-
-@torch.inference_mode()
-def language_model_eval(
-    model: nn.Module, loader: BatchLoader, device: torch.device, dtype: torch.dtype
-) -> torch.Tensor:
-    """Summed loss, predicted tokens and correct predictions over ``loader`` (see language_model_sums)."""
-    was_training = model.training
-    model.eval()
-    sums = torch.zeros(3, dtype=torch.float64)
-    for batch in loader:
-        batch = move(batch, device, False)
-        labels = batch.pop("labels")
-        with autocast(device, dtype):
-            sums += language_model_sums(model(**batch), labels)
-    model.train(was_training)
-    return sums
-
-
-@torch.inference_mode()
-def predict_logits(
-    model: nn.Module,
-    loader: BatchLoader,
-    device: torch.device,
-    dtype: torch.dtype,
-    channels_last: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (float32, on the CPU) and labels for every example of ``loader``, in order."""
-    was_training = model.training
-    model.eval()
-    logits, labels = [], []
-    for batch in loader:
-        batch = move(batch, device, channels_last)
-        labels.append(batch.pop("labels").cpu())
-        with autocast(device, dtype):
-            logits.append(model(**batch).float().cpu())
-    model.train(was_training)
-    return torch.cat(logits), torch.cat(labels)
+    return cfg.eval_batch_size or task_for(info).eval_batch_size()
 
 
 class Trainer:
@@ -165,6 +104,7 @@ class Trainer:
         tc = cfg.train
         self.cfg = cfg
         self.data = data
+        self.task: Task = task_for(data.info)
         self.callbacks = list(callbacks)
         self.world = world_from_env()
         if self.world.distributed and tc.batch_size % self.world.size:
@@ -191,7 +131,7 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.forward_model = DistributedDataParallel(self.model, device_ids=ids)
         if tc.compile:  # the weights stay self.model's: checkpoints and evaluation never see the wrapper
-            self.forward_model = torch.compile(self.forward_model, dynamic=data.info.kind == "text")
+            self.forward_model = torch.compile(self.forward_model, dynamic=self.task.variable_length)
         mask = data.train.features.get("attention_mask")
         self.train_loader = BatchLoader(
             data.train,
@@ -299,15 +239,9 @@ class Trainer:
         plain one."""
         features = {key: value for key, value in batch.items() if key != "labels"}
         with autocast(self.device, self.dtype):
-            logits = (model or self.forward_model)(**features)
-        predicted = predicted_labels(logits, batch["labels"])
-        loss = F.cross_entropy(
-            logits.float().flatten(0, -2),  # (examples or tokens, classes or vocabulary)
-            predicted.flatten(),
-            ignore_index=IGNORE,
-            label_smoothing=self.cfg.train.label_smoothing,
-        )
-        return loss, logits, predicted
+            out = self.task.output(model or self.forward_model, features)
+        predicted = self.task.targets(out, batch["labels"])
+        return self.task.loss(out, predicted, self.cfg.train.label_smoothing), out.logits, predicted
 
     def train_batch(self, batch: Batch, step: bool = True) -> tuple[float, int]:
         """One batch: forward, backward, its share of the epoch's sums, and the optimizer step when
@@ -386,16 +320,8 @@ class Trainer:
     # -- evaluation -----------------------------------------------------------------------------
     def _evaluate_val(self) -> dict[str, Any]:
         """Each rank predicts its shard of the validation split; the metrics are of all of it."""
-        if self.data.info.kind in LANGUAGE_MODELLING:
-            sums = language_model_eval(self.model, self.val_loader, self.device, self.dtype)
-            return language_model_metrics(sums if self.sharded else sum_across(sums))
-        logits, labels = predict_logits(
-            self.model, self.val_loader, self.device, self.dtype, self.channels_last
-        )
-        if not self.sharded:
-            shards = gather_objects((logits, labels))
-            logits, labels = torch.cat([s[0] for s in shards]), torch.cat([s[1] for s in shards])
-        return classification_metrics(logits, labels, self.data.info.classes)
+        share = self.task.evaluate(self.model, self.val_loader, self.device, self.dtype, self.channels_last)
+        return self.task.metrics([share] if self.sharded else gather_objects(share))
 
     def example_features(self) -> Batch:
         """One small batch of inputs on the device, for tracing the model graph."""

@@ -20,7 +20,6 @@ example at a time with its padding trimmed: padding never changes a model's outp
 from __future__ import annotations
 
 import html
-import inspect
 import io
 import warnings
 from collections import Counter
@@ -32,7 +31,9 @@ import torch
 import torch.nn as nn
 
 from bigmodel.errors import UserError
+from bigmodel.models.output import as_output
 from bigmodel.run import Run
+from bigmodel.tasks import task_for
 
 METHODS = ("integrated_gradients", "saliency")
 INTERNAL_BATCH = 32  # interpolation steps per forward pass: bounds memory for long texts and large images
@@ -80,7 +81,7 @@ def explain_features(
             raise UserError(f"target class {t} is out of range; the run has classes 0..{len(classes) - 1}")
     model = run.model
     with torch.no_grad():
-        probs = torch.softmax(model(**features).float(), dim=1)
+        probs = torch.softmax(as_output(model(**features)).logits.float(), dim=1)
     tokenizer = _tokenizer(run) if run.info.kind == "text" else None
     explanations = []
     for i in range(n):
@@ -126,11 +127,7 @@ def explain_inputs(
 
 
 def _check_classifier(run: Run) -> None:
-    if run.info.kind not in ("image", "text"):
-        raise UserError(
-            f"{run.paths.root} is a pretrained language model; explain needs a classifier "
-            "(fine-tune it first with model.name=bert model.pretrained=RUN/hf)"
-        )
+    task_for(run.info).require_classifier(run.paths.root, "explain")
 
 
 def _check_options(method: str, steps: int) -> None:
@@ -168,7 +165,7 @@ def _explain_image(
     std = torch.tensor(run.info.std).view(1, -1, 1, 1)
 
     def forward(pixels: torch.Tensor) -> torch.Tensor:
-        return run.model(pixels=pixels).float()
+        return as_output(run.model(pixels=pixels)).logits.float()
 
     delta = None
     if method == "saliency":
@@ -206,11 +203,10 @@ def _explain_text(
     from captum.attr import LayerGradientXActivation, LayerIntegratedGradients
 
     input_ids, mask = ids[None], torch.ones(1, len(ids), dtype=torch.long)
-    ngrams = getattr(model, "ngram_embeddings", None)
-    layers = [model.embeddings] + ([ngrams] if ngrams is not None else [])
+    layers = model.embedding_layers()
 
     def forward(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return model(input_ids, attention_mask).float()
+        return as_output(model(input_ids, attention_mask)).logits.float()
 
     delta = None
     with warnings.catch_warnings():  # token and n-gram embeddings both read the ids, not each other
@@ -231,7 +227,7 @@ def _explain_text(
             )
             delta = float(deltas[0])
     scores = per_layer[0][0].sum(-1)  # (L,)
-    if ngrams is not None:
+    if len(layers) > 1:  # a bag of n-grams: each n-gram's score goes to its tokens
         scores = scores + _ngram_shares(per_layer[1][0].sum(-1), len(ids), model.ngrams)
     return scores, delta
 
@@ -274,14 +270,14 @@ def attention_maps(run: Run, features: dict[str, torch.Tensor]) -> list[torch.Te
     if len(ids) != 1:
         raise ValueError(f"attention_maps takes one example, got a batch of {len(ids)}")
     with torch.no_grad():
-        _, maps = run.model(ids, mask, return_attentions=True)
+        maps = run.model(ids, mask, return_attentions=True).attentions
     keep = maps[0].shape[-1] - ids.shape[1] + int(mask.sum())  # prepended positions + real tokens
     return [m[0, :, :keep, :keep].float() for m in maps]
 
 
 def has_attention(run: Run) -> bool:
     """Whether the run's model answers ``forward(..., return_attentions=True)``."""
-    return "return_attentions" in inspect.signature(run.model.forward).parameters
+    return run.model.attention_maps
 
 
 # --- pictures and HTML ----------------------------------------------------------------------------

@@ -30,10 +30,10 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, 
 
 from bigmodel.config import Config, apply_overrides, load_config, validate_config
 from bigmodel.data import BatchLoader, DataBundle
-from bigmodel.data.loader import Batch
+from bigmodel.data.loader import Batch, move
 from bigmodel.engine.checkpoint import atomic_write
 from bigmodel.engine.device import autocast, cpu_has_native_bf16
-from bigmodel.engine.trainer import LANGUAGE_MODELLING, Trainer, move
+from bigmodel.engine.trainer import Trainer
 from bigmodel.errors import UserError
 from bigmodel.run import RunPaths, read_config
 
@@ -286,7 +286,7 @@ def profile_model(model: nn.Module, data: DataBundle, cfg: Config, steps: int = 
         peak, how = matmul_peak(device, dtype, remeasure=True)
     params = list(model.parameters())
     notes = []
-    if data.info.kind in LANGUAGE_MODELLING:
+    if not trainer.task.variable_length and length is not None:
         notes.append(f"{data.info.kind}: packed blocks of {length} tokens, every one of them real")
     elif length is not None:
         notes.append(

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,9 +22,11 @@ import torch.nn as nn
 from matplotlib.figure import Figure
 
 from bigmodel.data import DataBundle
-from bigmodel.engine.trainer import LANGUAGE_MODELLING
 from bigmodel.evaluation.profile import forward_flops, si
-from bigmodel.run import Run, RunPaths, count_parameters, read_config
+from bigmodel.evaluation.scoring import split_logits
+from bigmodel.run import Run, RunPaths, count_parameters, read_config, read_history, read_info, read_report
+from bigmodel.tasks import Task, task_for
+from bigmodel.tasks.metrics import SUMMARY_KEYS, classification_metrics
 
 DPI = 100  # CSS pixels per figure inch; the PNGs hold twice as many, sharp on high-density screens
 Series = tuple[str, list[tuple[int, float]]]  # (legend label, (epoch, value) points)
@@ -52,7 +53,7 @@ class RunFiles:
     root: Path
     config: dict[str, Any]
     config_text: str
-    kind: str | None  # DataInfo.kind; None before data.json is written
+    task: Task | None  # None before data.json is written
     history: list[dict[str, Any]]  # metrics.jsonl, one entry per epoch
     report: dict[str, Any]
 
@@ -60,11 +61,9 @@ class RunFiles:
     def read(cls, root: Path) -> RunFiles:
         paths = RunPaths(root)
         config = read_config(root)  # refuses a directory that is not a run
-        info = _json(paths.data_info)
-        lines = paths.metrics.read_text(encoding="utf-8").splitlines() if paths.metrics.is_file() else []
-        history = [json.loads(line) for line in lines if line.strip()]
+        task = task_for(read_info(root)) if paths.data_info.is_file() else None
         text = paths.config.read_text(encoding="utf-8")
-        return cls(root, config, text, info.get("kind"), history, _json(paths.report))
+        return cls(root, config, text, task, read_history(root), read_report(root))
 
     @property
     def name(self) -> str:
@@ -75,22 +74,15 @@ class RunFiles:
         return [(m["epoch"], m[key]) for m in self.history if m.get(key) is not None]
 
 
-def _json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-
-
 def build_report(run: str | Path, out: Path | None = None, mistakes: int = 8) -> Path:
     """Write the run's report page (default ``RUN/report.html``) and return its path."""
-    from bigmodel import api
-    from bigmodel.evaluation.metrics import classification_metrics
-
     files = RunFiles.read(Path(run))
-    if files.kind in LANGUAGE_MODELLING:  # no classes: no confusion, calibration or mistakes
+    if files.task is not None and not files.task.classifier:  # no confusion, calibration or mistakes
         model = Run.load(files.root).model
         test = files.report.get("test", {})
         sections = [_curves(files), _size(model, files, flops=None)]
     else:
-        loaded, data, logits, labels = api.split_logits(files.root)
+        loaded, data, logits, labels = split_logits(files.root)
         loaded.model.cpu()  # explanations run where Run.load puts a model
         test = classification_metrics(logits, labels, data.info.classes)
         first = data.eval_transform(data.split("test").take(slice(0, 1)).features, None)
@@ -122,18 +114,8 @@ def _header(files: RunFiles, test: dict[str, Any]) -> str:
         "device · precision": f"{report['device']} · {precision}" if precision else None,
         "epochs (best)": f"{len(files.history)} ({report['best_epoch']})" if report else None,
     }
-    if "perplexity" in test:
-        facts |= {
-            "test loss": fmt(test["loss"], ".4f"),
-            "test perplexity": fmt(test["perplexity"], ".2f"),
-            "test token accuracy": fmt(test["accuracy"], ".4f"),
-        }
-    elif test:
-        facts |= {
-            "test accuracy": fmt(test["accuracy"], ".4f"),
-            "test F1 (macro)": fmt(test["f1_macro"], ".4f"),
-            "test ECE": fmt(test.get("ece"), ".4f"),
-        }
+    if test and files.task is not None:
+        facts |= {label: fmt(value, spec) for label, (value, spec) in files.task.facts(test).items()}
     cards = "".join(
         f'<div class="fact"><dt>{html.escape(k)}</dt><dd>{html.escape(str(v or "—"))}</dd></div>'
         for k, v in facts.items()
@@ -156,8 +138,8 @@ def _curves(files: RunFiles) -> str:
         ("loss", [("train", files.series("train/loss")), ("val", files.series("val/loss"))]),
         ("accuracy", [("train", files.series("train/accuracy")), ("val", files.series("val/accuracy"))]),
     ]
-    if files.kind in LANGUAGE_MODELLING:
-        panels.append(("val perplexity", [("val", files.series("val/perplexity"))]))
+    for key in files.task.extra_curves if files.task is not None else ():
+        panels.append((f"val {key}", [("val", files.series(f"val/{key}"))]))
     best = files.report.get("best_epoch")
     note = f'<p class="note">dotted line: the best epoch ({best}), whose checkpoint is evaluated</p>'
     return section("Learning curves", line_figure(panels, best) + (note if best else ""))
@@ -239,8 +221,6 @@ def reliability_figure(metrics: dict[str, Any]) -> Figure:
 def log_test_metrics(log_dir: Path, metrics: dict[str, Any], classes: list[str], step: int) -> None:
     """The test split's scalars, confusion matrix and reliability diagram into the run's TensorBoard."""
     from torch.utils.tensorboard import SummaryWriter
-
-    from bigmodel.evaluation.metrics import SUMMARY_KEYS
 
     with SummaryWriter(log_dir=str(log_dir)) as writer:
         for key in SUMMARY_KEYS:

@@ -6,8 +6,9 @@ and it is checked against the data's tokenizer before anything trains. ``encoder
 at random: ``bert`` (``BertModel``, the original: post-LN, learned absolute positions) or
 ``modernbert`` (``ModernBertModel``: pre-LN, rotary positions, gated GELU, no biases), which learns
 to use its context in far fewer masked-LM steps (README, Pretraining). Same contract as the other text
-models: ``forward(input_ids, attention_mask)`` → logits (B, classes); ``embeddings`` is the word
-embedding, and ``return_attentions=True`` adds the attention weights of every layer.
+models: ``forward(input_ids, attention_mask)`` → a ``ModelOutput`` with logits (B, classes);
+``embeddings`` is the word embedding, and ``return_attentions=True`` adds the attention weights of every
+layer.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch.nn as nn
 from bigmodel.data.bundle import DataInfo
 from bigmodel.errors import UserError
 from bigmodel.models import register_model
+from bigmodel.models.output import Model, ModelOutput
 
 ENCODERS = ("bert", "modernbert")
 
@@ -28,7 +30,9 @@ ENCODERS = ("bert", "modernbert")
 POOLINGS = ("cls", "mean")
 
 
-class BertClassifier(nn.Module):
+class BertClassifier(Model):
+    attention_maps = True
+
     def __init__(self, bert: Any, classes: int, dropout: float, pooling: str = "cls"):
         super().__init__()
         if pooling not in POOLINGS:
@@ -67,10 +71,10 @@ class BertClassifier(nn.Module):
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, return_attentions: bool = False
-    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+    ) -> ModelOutput:
         if not return_attentions:
             out = self.bert(input_ids=input_ids, attention_mask=attention_mask)
-            return self.head(self.dropout(self.pooled(out, attention_mask)))
+            return ModelOutput(logits=self.head(self.dropout(self.pooled(out, attention_mask))))
         # SDPA returns no weights (transformers 5 only warns and returns none), so this one call runs the
         # eager implementation, which computes softmax(QKᵀ/√d + mask) explicitly.
         previous = self.bert.config._attn_implementation
@@ -80,7 +84,7 @@ class BertClassifier(nn.Module):
         finally:
             self.bert.set_attn_implementation(previous)
         logits = self.head(self.dropout(self.pooled(out, attention_mask)))
-        return logits, list(out.attentions)  # each (B, heads, L, L)
+        return ModelOutput(logits=logits, attentions=list(out.attentions))  # each (B, heads, L, L)
 
 
 def load_pretrained(name: str, kind: Any = None) -> Any:

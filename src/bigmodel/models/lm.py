@@ -3,8 +3,9 @@
 All are Hugging Face models built from a config (``BertForMaskedLM`` or ``ModernBertForMaskedLM``,
 ``GPT2LMHeadModel``), so the
 pretrained result is saved with ``save_pretrained`` and loads anywhere with ``from_pretrained``.
-Same contract as every model here: ``forward(input_ids, attention_mask)`` → logits, here (B, L, vocab),
-one prediction per position; the loop's cross-entropy skips the positions labelled -100.
+Same contract as every model here: ``forward(input_ids, attention_mask)`` → a ``ModelOutput``, here
+with logits (B, L, vocab), one prediction per position; the loop's cross-entropy skips the positions
+labelled -100.
 """
 
 from __future__ import annotations
@@ -17,9 +18,12 @@ import torch.nn as nn
 from bigmodel.data.bundle import DataInfo
 from bigmodel.models import register_model
 from bigmodel.models.bert import check_fits, check_heads, encoder_config, load_pretrained, untrained
+from bigmodel.models.output import Model, ModelOutput
 
 
-class LanguageModel(nn.Module):
+class LanguageModel(Model):
+    exports_hf = True
+
     def __init__(self, hf: Any):
         super().__init__()
         self.hf = hf  # the Hugging Face model: what RUN/hf/ holds
@@ -38,18 +42,19 @@ class LanguageModel(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         prediction_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    ) -> ModelOutput:
         """Logits (B, L, vocab); with ``prediction_mask`` (masked LM), only those of the masked
-        positions, (N, vocab) in row-major order: the vocabulary layer is most of the cost of a small
-        BERT, and 85 % of its outputs would be thrown away."""
+        positions, (N, vocab) in row-major order, with the mask: the vocabulary layer is most of the
+        cost of a small BERT, and 85 % of its outputs would be thrown away."""
         if attention_mask is not None and bool(
             attention_mask.all()
         ):  # packed blocks: no mask lets SDPA use its fast kernels
             attention_mask = None
         if prediction_mask is None:
-            return self.hf(input_ids=input_ids, attention_mask=attention_mask).logits
+            return ModelOutput(logits=self.hf(input_ids=input_ids, attention_mask=attention_mask).logits)
         hidden = self.hf.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return self.mlm_head(hidden[prediction_mask.bool()])
+        chosen = prediction_mask.bool()
+        return ModelOutput(logits=self.mlm_head(hidden[chosen]), prediction_mask=chosen)
 
     def mlm_head(self, hidden: torch.Tensor) -> torch.Tensor:
         """The masked LM's prediction head (transform, then the vocabulary layer) on hidden states."""

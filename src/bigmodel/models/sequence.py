@@ -5,8 +5,8 @@ Every model takes ``input_ids`` (B, L) and ``attention_mask`` (B, L) — 1 for a
 padding, padding always at the end — and returns logits (B, classes). Padding never changes the
 result: it is masked out of every sum, attention and recurrence. Every model keeps its token embedding
 as ``self.embeddings`` (an ``nn.Embedding``), which Integrated Gradients interpolates; the attention
-models also answer ``forward(..., return_attentions=True)`` with ``(logits, attentions)``, a list per
-layer of (B, heads, L, L) weights, computed explicitly (the training path uses the fused kernel).
+models also answer ``forward(..., return_attentions=True)`` with ``attentions`` in their output, a list
+per layer of (B, heads, L, L) weights, computed explicitly (the training path uses the fused kernel).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from bigmodel.data.bundle import DataInfo
 from bigmodel.errors import UserError
 from bigmodel.models import register_model
+from bigmodel.models.output import Model, ModelOutput
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -43,10 +44,13 @@ def init_weights(module: nn.Module) -> None:
 # --- bag of n-grams -------------------------------------------------------------------------------
 
 
-class BagOfNgrams(nn.Module):
+class BagOfNgrams(Model):
     """fastText (Joulin et al. 2016): the mean of the embeddings of every token and every n-gram of
     consecutive tokens, the n-grams hashed into ``buckets`` rows so no n-gram vocabulary is needed;
     dropout and a linear head. Word order beyond n tokens is ignored, which is why it is fast."""
+
+    def embedding_layers(self) -> list[nn.Module]:
+        return [self.embeddings] + ([self.ngram_embeddings] if self.ngram_embeddings is not None else [])
 
     PRIME = 1_000_003  # multiplier of the rolling hash; buckets * PRIME + vocab stays far below 2**63
 
@@ -76,20 +80,20 @@ class BagOfNgrams(nn.Module):
             return input_ids[:, :0], mask[:, :0]
         return torch.cat(ids, 1), torch.cat(valid, 1)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> ModelOutput:
         mask = attention_mask.bool()
         features, keep = self.embeddings(input_ids), mask  # (B, L, D), (B, L)
         if self.ngram_embeddings is not None:
             ngram_ids, ngram_keep = self.hashed_ngrams(input_ids, mask)
             features = torch.cat([features, self.ngram_embeddings(ngram_ids)], 1)  # (B, L+M, D)
             keep = torch.cat([mask, ngram_keep], 1)
-        return self.head(self.dropout(masked_mean(features, keep)))
+        return ModelOutput(logits=self.head(self.dropout(masked_mean(features, keep))))
 
 
 # --- recurrent networks ---------------------------------------------------------------------------
 
 
-class Recurrent(nn.Module):
+class Recurrent(Model):
     """An embedding, stacked RNN/LSTM/GRU layers (optionally bidirectional) that read only the real
     tokens (packed sequences), pooling over time, dropout and a linear head.
 
@@ -126,7 +130,7 @@ class Recurrent(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(hidden * (2 if bidirectional else 1), classes)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> ModelOutput:
         B, L = input_ids.shape
         # A sequence needs at least one step to be packed; an empty one reads its first (pad) token.
         lengths = attention_mask.sum(1).long().clamp(min=1)
@@ -146,7 +150,7 @@ class Recurrent(nn.Module):
                 pooled = masked_mean(out, mask)
             else:
                 pooled = out.masked_fill(~mask.unsqueeze(-1), float("-inf")).amax(1)
-        return self.head(self.dropout(pooled))
+        return ModelOutput(logits=self.head(self.dropout(pooled)))
 
 
 # --- attention ------------------------------------------------------------------------------------
@@ -207,9 +211,11 @@ class SelfAttention(nn.Module):
         return self.resid_dropout(self.proj(y)), weights
 
 
-class SeedAttention(nn.Module):
+class SeedAttention(Model):
     """The seed's section 3.4: embeddings plus learned positions, one self-attention layer with a
     residual connection and LayerNorm, the mean over real tokens, a linear head."""
+
+    attention_maps = True
 
     def __init__(
         self,
@@ -233,13 +239,13 @@ class SeedAttention(nn.Module):
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, return_attentions: bool = False
-    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+    ) -> ModelOutput:
         L = input_ids.shape[1]
         x = self.embeddings(input_ids) + self.positions.weight[:L]  # (B, L, D)
         a, weights = self.attention(x, key_padding_mask(attention_mask), return_attentions)
         x = self.norm(x + a)
         logits = self.head(self.dropout(masked_mean(x, attention_mask.bool())))
-        return (logits, [weights]) if return_attentions else logits
+        return ModelOutput(logits=logits, attentions=[weights] if return_attentions else None)
 
 
 class MLP(nn.Module):
@@ -271,13 +277,15 @@ class Block(nn.Module):
         return x + self.mlp(self.ln2(x)), weights
 
 
-class Transformer(nn.Module):
+class Transformer(Model):
     """A transformer encoder for classification, nanoGPT-style: token embeddings plus sinusoidal or
     learned positions, pre-LN blocks, a final LayerNorm, then the CLS vector or the mean of the real
     tokens, dropout and a linear head.
 
     With pooling "cls" a learned vector is prepended, so the attentions returned are over L+1
     positions, the CLS first; ``prefix_tokens`` says how many positions were prepended."""
+
+    attention_maps = True
 
     def __init__(
         self,
@@ -320,7 +328,7 @@ class Transformer(nn.Module):
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, return_attentions: bool = False
-    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+    ) -> ModelOutput:
         mask = attention_mask.bool()
         x = self.embeddings(input_ids)  # (B, L, D)
         if self.cls is not None:
@@ -336,7 +344,7 @@ class Transformer(nn.Module):
         x = self.ln_f(x)
         pooled = x[:, 0] if self.cls is not None else masked_mean(x, mask)
         logits = self.head(self.dropout(pooled))
-        return (logits, attentions) if return_attentions else logits
+        return ModelOutput(logits=logits, attentions=attentions if return_attentions else None)
 
 
 # --- builders -------------------------------------------------------------------------------------

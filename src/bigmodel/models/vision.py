@@ -13,9 +13,10 @@ import torch.nn.functional as F
 
 from bigmodel.data.bundle import DataInfo
 from bigmodel.models import register_model
+from bigmodel.models.output import Model, ModelOutput
 
 
-class MLP(nn.Module):
+class MLP(Model):
     def __init__(self, in_features: int, classes: int, hidden: int, depth: int, dropout: float):
         super().__init__()
         layers: list[nn.Module] = [nn.Flatten()]
@@ -26,8 +27,8 @@ class MLP(nn.Module):
         layers.append(nn.Linear(width, classes))
         self.net = nn.Sequential(*layers)
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.net(pixels)
+    def forward(self, pixels: torch.Tensor) -> ModelOutput:
+        return ModelOutput(logits=self.net(pixels))
 
 
 class _FlattenChannelsLast(torch.autograd.Function):
@@ -53,7 +54,7 @@ class Flatten(nn.Module):
         return x.flatten(1)
 
 
-class SeedCNN(nn.Module):
+class SeedCNN(Model):
     """The seed's section 4.1 network, fixed: its flatten size is measured, not hard-coded as 64*6*6
     (which is wrong for 28×28 input), it max-pools as the issue asks, and it returns logits (the
     seed's log_softmax fed to CrossEntropyLoss applied softmax twice)."""
@@ -73,8 +74,8 @@ class SeedCNN(nn.Module):
         self.fc1 = nn.Linear(flat, 128)
         self.fc2 = nn.Linear(128, classes)
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.relu(self.fc1(self.features(pixels))))
+    def forward(self, pixels: torch.Tensor) -> ModelOutput:
+        return ModelOutput(logits=self.fc2(F.relu(self.fc1(self.features(pixels)))))
 
 
 def conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
@@ -83,7 +84,7 @@ def conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
     )
 
 
-class CNN(nn.Module):
+class CNN(Model):
     """VGG-style stages of two conv-BN-ReLU layers; width doubles and resolution halves per stage;
     global average pooling, dropout and a linear head."""
 
@@ -102,8 +103,8 @@ class CNN(nn.Module):
             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(cin, classes)
         )
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(pixels))
+    def forward(self, pixels: torch.Tensor) -> ModelOutput:
+        return ModelOutput(logits=self.head(self.features(pixels)))
 
 
 class BasicBlock(nn.Module):
@@ -125,7 +126,7 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x), inplace=True)
 
 
-class ResNet(nn.Module):
+class ResNet(Model):
     """A CIFAR-style ResNet for 28–32 px: a 3×3 stem, three stages at width w, 2w, 4w (the last two
     halving resolution), global average pooling, a linear head."""
 
@@ -147,8 +148,8 @@ class ResNet(nn.Module):
             if isinstance(m, BasicBlock):
                 nn.init.zeros_(m.bn2.weight)  # each block starts as the identity (Goyal et al. 2017)
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.head(self.stages(self.stem(pixels)))
+    def forward(self, pixels: torch.Tensor) -> ModelOutput:
+        return ModelOutput(logits=self.head(self.stages(self.stem(pixels))))
 
 
 @register_model("mlp", "image")

@@ -18,12 +18,13 @@ from torchmetrics.functional.classification import (
     multiclass_recall,
 )
 
+from bigmodel.data.bundle import IGNORE
+
 # The scalars logged per epoch (metrics.jsonl, TensorBoard) and shown by ``bigmodel evaluate``.
 SUMMARY_KEYS = (
     "loss", "accuracy", "top5_accuracy", "f1_macro", "precision_macro", "recall_macro",
     "f1_weighted", "precision_weighted", "recall_weighted", "roc_auc", "ece", "perplexity",
 )  # fmt: skip
-IGNORE = -100  # the label of a position that is not predicted (PyTorch and Hugging Face use it too)
 CALIBRATION_BINS = 15  # torchmetrics' default, and the usual choice since Guo et al. (2017)
 
 
@@ -92,17 +93,9 @@ def summary(metrics: dict[str, Any]) -> dict[str, float]:
     return {key: metrics[key] for key in SUMMARY_KEYS if key in metrics}
 
 
-def predicted_labels(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The labels that ``logits`` predict: all of them, or, when the model computed logits only at the
-    predicted positions (masked LM: (N, vocab) for labels (B, L)), those positions' labels in order."""
-    if logits.dim() == 2 and labels.dim() == 2:
-        return labels[labels != IGNORE]
-    return labels
-
-
 def language_model_sums(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """(summed cross-entropy, predicted tokens, correct predictions) of one batch, float64."""
-    labels = predicted_labels(logits, labels)
+    """(summed cross-entropy, predicted tokens, correct predictions) of one batch, float64; ``labels``
+    are those that ``logits`` predict (see ``Task.targets``)."""
     targets = labels != IGNORE
     flat = logits.float().flatten(0, -2)
     loss = F.cross_entropy(flat, labels.flatten(), ignore_index=IGNORE, reduction="sum")

@@ -1,0 +1,43 @@
+"""What every model's forward returns: one small typed output, whatever the architecture or task.
+
+A Hugging Face ``ModelOutput`` (a dataclass that is also an ordered dict of its non-None fields), so
+that tracing for TensorBoard, DDP, ``torch.compile`` and FSDP all see a structure they know."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn as nn
+from transformers.utils import ModelOutput as HFModelOutput
+
+
+@dataclass
+class ModelOutput(HFModelOutput):
+    """``logits``: (batch, classes) for a classifier, (batch, length, vocabulary) for a language model,
+    or (predicted positions, vocabulary) where the model computed them only at ``prediction_mask``, the
+    (batch, length) positions they belong to. ``attentions``: one (batch, heads, L, L) tensor per layer,
+    when asked for."""
+
+    logits: torch.Tensor | None = None
+    prediction_mask: torch.Tensor | None = None
+    attentions: list[torch.Tensor] | None = None
+
+
+def as_output(raw: ModelOutput | torch.Tensor) -> ModelOutput:
+    """A user's module may return bare logits; the loop and every tool downstream read ``.logits``."""
+    return raw if isinstance(raw, ModelOutput) else ModelOutput(logits=raw)
+
+
+class Model(nn.Module):
+    """Every model's base: what it can do beyond its logits, declared by its class, so that explain,
+    export and the report read a flag instead of probing attributes and signatures."""
+
+    attention_maps: ClassVar[bool] = False  # forward(..., return_attentions=True) fills ``attentions``
+    exports_hf: ClassVar[bool] = False  # ``self.hf`` is a transformers model, saved to RUN/hf
+
+    def embedding_layers(self) -> list[nn.Module]:
+        """Where a text's attributions are computed: its token embeddings (``self.embeddings``), and any
+        other embedding that reads the token ids."""
+        return [self.embeddings]
