@@ -8,11 +8,12 @@ model registry against that model's own settings.
 from __future__ import annotations
 
 import difflib
+import os
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bigmodel.errors import UserError
 
@@ -68,13 +69,46 @@ class DataConfig(Section):
 
 
 class ModelConfig(BaseModel):
-    """``name`` picks the architecture; any other key is a setting of that architecture."""
+    """``name`` picks the architecture: a registry key, or a model of the user's own as
+    ``path/to/file.py:Name`` or ``package.module:Name``; any other key is a setting of that architecture."""
 
     model_config = ConfigDict(extra="allow")
     name: str = "cnn"
 
+    @field_validator("name")
+    @classmethod
+    def _user_model(cls, name: str) -> str:
+        # A relative file is made absolute now, so the saved config.yaml finds it from any directory later.
+        if not is_user_model(name):
+            return name
+        target, _, attr = name.rpartition(":")
+        form = "path/to/file.py:ClassOrBuilder or package.module:ClassOrBuilder"
+        if not attr.isidentifier() or not target:
+            raise ValueError(f"model.name={name!r} must look like {form}")
+        if is_model_file(target):
+            return f"{os.path.abspath(os.path.expanduser(target))}:{attr}"
+        if not all(part.isidentifier() for part in target.split(".")):
+            raise ValueError(f"model.name={name!r} must look like {form}")
+        return name
+
     def settings(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
+
+
+def is_user_model(name: str) -> bool:
+    """``file.py:Name`` and ``package.module:Name`` are the user's own models; registry names have no ':'."""
+    return ":" in name
+
+
+def is_model_file(target: str) -> bool:
+    """Whether the part of a user model's name before ':' is a file (else a dotted module name)."""
+    return target.endswith(".py") or "/" in target or os.sep in target
+
+
+def model_label(name: str) -> str:
+    """``model.name`` as a run name may show it: a user model by its class or function, lowercased
+    (no slashes or colons in a directory name)."""
+    return name.rpartition(":")[2].lower() if is_user_model(name) else name
 
 
 class EarlyStoppingConfig(Section):
@@ -155,6 +189,14 @@ class Config(Section):
         None, description="run name; default: the config file's stem, else <data>-<model>"
     )
 
+    @model_validator(mode="after")
+    def _user_models_get_plain_layout(self) -> Config:
+        # A user's forward may `.view` a feature map, which channels-last tensors refuse (the seed's
+        # CNN does): unless asked for, a user model gets (N, C, H, W)-contiguous tensors and weights.
+        if is_user_model(self.model.name) and "channels_last" not in self.train.model_fields_set:
+            object.__setattr__(self.train, "channels_last", False)
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
@@ -177,7 +219,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     cfg = validate_config(apply_overrides(raw, overrides))
     if cfg.name is None:  # no config file: name the run after what it trains
         source = cfg.data.name or Path(str(cfg.data.path)).stem
-        cfg.name = f"{source}-{cfg.model.name}"
+        cfg.name = f"{source}-{model_label(cfg.model.name)}"
     return cfg
 
 

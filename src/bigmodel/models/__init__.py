@@ -1,5 +1,7 @@
 """The model registry: ``model.name`` in a config is a key here, and the other ``model.*`` keys are
-the keyword arguments of that builder, checked against its signature before anything is built.
+the keyword arguments of that builder, checked against its signature before anything is built. A name
+with a ':' (``path/to/file.py:Name``, ``package.module:Name``) is a model of the user's own instead,
+built the same way by ``bigmodel.models.custom``.
 
 Every builder takes the ``DataInfo`` first, so a model is sized from the data (channels, image size,
 number of classes) rather than from numbers the user has to repeat. Every model's ``forward`` takes
@@ -16,7 +18,7 @@ from typing import Any
 import torch.nn as nn
 from pydantic import ValidationError, validate_call
 
-from bigmodel.config import ModelConfig
+from bigmodel.config import ModelConfig, is_user_model
 from bigmodel.data.bundle import DataInfo
 from bigmodel.errors import UserError
 
@@ -49,11 +51,19 @@ def list_models() -> list[str]:
 
 def model_settings(name: str) -> dict[str, Any]:
     """The settings a model accepts, with their defaults."""
+    if is_user_model(name):
+        from bigmodel.models.custom import user_model_settings
+
+        return user_model_settings(name)
     params = list(inspect.signature(_builder(name)).parameters.values())[1:]
     return {p.name: p.default for p in params}
 
 
 def build_model(cfg: ModelConfig, info: DataInfo) -> nn.Module:
+    if is_user_model(cfg.name):
+        from bigmodel.models.custom import build_user_model
+
+        return build_user_model(cfg, info)
     builder = _builder(cfg.name)
     if _KIND[cfg.name] != info.kind:
         fitting = ", ".join(n for n in sorted(_REGISTRY) if _KIND[n] == info.kind)
