@@ -28,7 +28,7 @@ from bigmodel.data import DataBundle, DataInfo, TensorSplit, build_data
 from bigmodel.data.loader import Batch, Transform
 from bigmodel.data.text import TextTransform
 from bigmodel.data.vision import image_transform
-from bigmodel.engine.device import seed_everything
+from bigmodel.device import seed_everything
 from bigmodel.models import build_model
 from bigmodel.models.output import ModelOutput, as_output
 

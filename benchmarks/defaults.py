@@ -32,7 +32,7 @@ from benchmarks.cases import Collate, EpochOrder
 from benchmarks.harness import machine
 from bigmodel.config import load_config
 from bigmodel.data import build_data
-from bigmodel.engine.device import seed_everything
+from bigmodel.device import seed_everything
 from bigmodel.models import build_model
 
 BATCH, LR = 128, 1e-3

@@ -28,7 +28,7 @@ import torch
 from benchmarks.cases import CASES, Settings, bigmodel_config, loss
 from benchmarks.harness import machine
 from bigmodel.data import build_data
-from bigmodel.engine.device import autocast, seed_everything
+from bigmodel.device import autocast, seed_everything
 from bigmodel.engine.optim import build_scheduler
 from bigmodel.engine.trainer import Trainer
 from bigmodel.models import build_model

@@ -7,22 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from bigmodel.cli import main
 from bigmodel.data.images import load_digits
-
-
-def digit_png(path: Path, index: int) -> tuple[Path, int]:
-    x, y = load_digits()
-    Image.fromarray(x[index, 0]).resize((32, 32)).save(path)  # any size: predict resizes
-    return path, int(y[index])
-
-
-def run_cli(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
+from conftest import DIGITS_ARGS, digit_png, run_cli
 
 
 def test_evaluate_prints_metrics_and_confusion_matrix(digits_run: Path, capsys):
@@ -99,8 +87,6 @@ def test_out_directory_is_never_overwritten(digits_run: Path, capsys):
 
 
 def test_default_run_names_are_numbered(in_tmp: Path, capsys):
-    from conftest import DIGITS_ARGS
-
     for _ in range(2):
         assert main(["train", *DIGITS_ARGS, "train.epochs=1"]) == 0
     assert sorted(p.name for p in (in_tmp / "runs").iterdir()) == ["digits-cnn", "digits-cnn-2"]

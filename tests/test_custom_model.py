@@ -18,8 +18,8 @@ from bigmodel.data.bundle import DataInfo
 from bigmodel.errors import UserError
 from bigmodel.models import build_model
 from bigmodel.models.custom import UserModel, load_user_model
-from bigmodel.run import Run
-from test_cli import digit_png, run_cli
+from bigmodel.run import RunDir
+from conftest import DIGITS_ARGS, digit_png, run_cli
 
 # The seed document's network as a user writes it: positional `forward(self, x)`, its flatten size
 # worked out by hand from the image size, sized from the data through `info`.
@@ -111,15 +111,8 @@ class NotAModule:
     pass
 """
 
-DIGITS = [
-    "data.name=digits",
-    "train.batch_size=64",
-    "train.progress=false",
-    "optim.lr=0.01",
-    "optim.schedule=onecycle",
-    "data.augment.crop_padding=0",
-    "data.augment.hflip=false",
-]
+# The digits settings without their registry model: every other model.* key is a user model's setting.
+DIGITS = [arg for arg in DIGITS_ARGS if not arg.startswith("model.")]
 
 
 def digits_info() -> DataInfo:
@@ -162,7 +155,7 @@ def test_every_command_reloads_a_user_model_from_another_directory(
     assert (tmp_path / "report.html").stat().st_size > 0
     assert main(["train", "--resume", run, "train.epochs=5"]) == 0
     assert json.loads((seed_run / "report.json").read_text())["epochs"] == 5
-    assert isinstance(Run.load(run).model, UserModel)
+    assert isinstance(RunDir(run).model, UserModel)
 
 
 def test_the_default_run_name_is_the_data_and_the_class(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -186,7 +179,7 @@ def test_a_builder_gets_its_setting_and_a_module_path_imports_from_here(
     (tmp_path / "userpkg" / "builders.py").write_text(BUILDER, encoding="utf-8")
     args = [*DIGITS, "train.epochs=2", "model.name=userpkg.builders:build", "model.width=8"]
     assert main(["train", *args, "--out=run"]) == 0
-    model = Run.load(tmp_path / "run").model
+    model = RunDir(tmp_path / "run").model
     assert model.net[1].out_features == 8  # model.width reached the builder
     assert json.loads((tmp_path / "run" / "report.json").read_text())["test"]["accuracy"] > 0.3
 

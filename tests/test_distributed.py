@@ -53,7 +53,7 @@ def torchrun(*args: str, processes: int = 2) -> list[str]:
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path: Path, strategy: str):
-    one = train(load_config(None, SAME_GLOBAL_BATCH), tmp_path / "one")
+    one = train(load_config(None, SAME_GLOBAL_BATCH), out=tmp_path / "one")
     proc = subprocess.run(
         torchrun("train", *SAME_GLOBAL_BATCH, f"train.strategy={strategy}", f"--out={tmp_path / 'two'}"),
         capture_output=True,

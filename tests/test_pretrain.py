@@ -23,9 +23,9 @@ from bigmodel.engine.trainer import eval_batch_size
 from bigmodel.errors import UserError
 from bigmodel.evaluation.scoring import load_with_data
 from bigmodel.models import build_model
-from bigmodel.run import Run
+from bigmodel.run import RunDir
 from bigmodel.tasks import task_for
-from test_resilience import assert_same_run, bigmodel, wait_for_checkpoint
+from conftest import assert_same_run, bigmodel, wait_for_checkpoint
 
 TINY = ["model.hidden_size=32", "model.layers=2", "model.heads=2", "train.progress=false"]
 MLM_ARGS = [
@@ -68,7 +68,7 @@ def mlm_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 
 @pytest.fixture(scope="module")
 def gpt_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train(load_config(None, GPT_ARGS), tmp_path_factory.mktemp("pretrain") / "gpt")
+    return train(load_config(None, GPT_ARGS), out=tmp_path_factory.mktemp("pretrain") / "gpt")
 
 
 def test_masking_follows_bert_80_10_10_and_never_touches_special_tokens():
@@ -125,13 +125,13 @@ def test_mlm_round_trips_through_hugging_face_and_fine_tunes(mlm_run: Path, tmp_
     expected_class = {"mlm-bert": "BertModel", "mlm-modernbert": "ModernBertModel"}[mlm_run.name]
     assert type(encoder).__name__ == expected_class
     ids = torch.tensor([tokenizer("a gorgeous, moving film")["input_ids"]])
-    ours = Run.load(mlm_run).model
+    ours = RunDir(mlm_run).model
     with torch.no_grad():
         expected = ours(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
         loaded = AutoModelForMaskedLM.from_pretrained(hf)(input_ids=ids).logits
     assert torch.equal(expected, loaded)
     # The classifier starts from exactly the pretrained encoder.
-    info = Run.load(mlm_run).info
+    info = RunDir(mlm_run).info
     info = type(info)(**{**info.to_dict(), "kind": "text", "classes": ["negative", "positive"]})
     classifier = build_model(ModelConfig(name="bert", pretrained=str(hf)), info)
     assert torch.equal(classifier.embeddings.weight, ours.embeddings.weight)
@@ -147,7 +147,7 @@ def test_a_second_stage_continues_from_the_first_on_longer_blocks(mlm_run: Path,
     stage2 = ["data.name=rotten-tomatoes", "data.objective=mlm", "data.limit=300", f"data.tokenizer={hf}"]
     stage2 += ["model.name=bert-mlm", f"model.pretrained={hf}", "train.epochs=1", "train.progress=false"]
     # The second stage starts from the first stage's weights, not new ones, on blocks of 48.
-    info = Run.load(mlm_run).info
+    info = RunDir(mlm_run).info
     info = type(info)(**{**info.to_dict(), "input_shape": [48]})
     continued = build_model(ModelConfig(name="bert-mlm", pretrained=str(hf)), info)
     assert torch.equal(
@@ -221,7 +221,7 @@ def test_language_model_mistakes_are_one_line_errors(
 def test_an_interrupted_pretraining_run_resumes_exactly(tmp_path: Path):
     args = [*MLM_ARGS, "train.epochs=3", "train.deterministic=true", "train.precision=fp32"]
     args += ["train.checkpoint_every=10"]
-    reference = train(load_config(None, args), tmp_path / "reference")
+    reference = train(load_config(None, args), out=tmp_path / "reference")
     run = tmp_path / "interrupted"
     proc = bigmodel("pretrain", *args, f"--out={run}")
     wait_for_checkpoint(run, 50, proc)

@@ -18,7 +18,7 @@ from bigmodel.data import build_data
 from bigmodel.engine.trainer import Trainer
 from bigmodel.evaluation import profile as profiling
 from bigmodel.models import build_model
-from test_text_e2e import TEXT_ARGS, write_reviews
+from conftest import TEXT_ARGS, write_reviews
 
 DIGITS = ["data.name=digits", "model.name=cnn", "model.depth=2", "model.width=16"]
 TRANSFORMER = ["model.name=transformer", "model.dim=32", "model.heads=2", "model.layers=1"]

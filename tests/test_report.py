@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from bigmodel.cli import main
-from test_text_e2e import TEXT_ARGS, write_reviews
+from conftest import TEXT_ARGS, write_reviews
 
 # One worker runs them all: one browser, and each run trained once.
 pytestmark = pytest.mark.xdist_group("chromium")

@@ -11,17 +11,16 @@ import resource
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from bigmodel.api import resume, train
+from bigmodel.checkpoint import Checkpoint, latest_good_checkpoint, load_state, step_checkpoints
 from bigmodel.config import load_config
-from bigmodel.engine.checkpoint import Checkpoint, latest_good_checkpoint, load_state, step_checkpoints
 from bigmodel.errors import UserError
-from conftest import DIGITS_ARGS, last_weights
+from conftest import DIGITS_ARGS, assert_same_run, bigmodel, last_weights, wait_for_checkpoint
 
 # Dropout, random crops and flips, a one-cycle schedule: every kind of state a resume must restore.
 EXACT_ARGS = [
@@ -35,45 +34,11 @@ EXACT_ARGS = [
     "train.keep_checkpoints=3",
 ]
 STEPS_PER_EPOCH = 20  # the digits training split in batches of 64, the last partial one dropped
-TIMING_KEYS = ("train/samples_per_s", "train/tokens_per_s", "train/epoch_seconds", "elapsed_seconds")
-
-
-def bigmodel(*args: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "bigmodel", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def wait_for_checkpoint(run: Path, step: int, proc: subprocess.Popen, timeout: float = 120) -> None:
-    """Block until ``run`` has a checkpoint at ``step`` or later."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = step_checkpoints(run / "checkpoints") if (run / "checkpoints").is_dir() else []
-        if found and int(found[0].tag.removeprefix("step-")) >= step:
-            return
-        assert proc.poll() is None, f"training ended early: {proc.communicate()[1][-2000:]}"
-        time.sleep(0.005)
-    raise AssertionError(f"no checkpoint at step {step} within {timeout} s")
-
-
-def untimed_metrics(run: Path) -> list[dict]:
-    lines = (run / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS} for line in lines]
-
-
-def assert_same_run(a: Path, b: Path) -> None:
-    wa, wb = last_weights(a), last_weights(b)
-    assert wa.keys() == wb.keys()
-    assert all(torch.equal(wa[k], wb[k]) for k in wa), "weights differ"
-    assert untimed_metrics(a) == untimed_metrics(b)
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train(load_config(None, EXACT_ARGS), tmp_path_factory.mktemp("exact") / "reference")
+    return train(load_config(None, EXACT_ARGS), out=tmp_path_factory.mktemp("exact") / "reference")
 
 
 @pytest.mark.slow
@@ -129,7 +94,7 @@ def test_sigterm_and_sigint_checkpoint_and_exit_cleanly(uninterrupted: Path, tmp
 
 
 def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path: Path):
-    run = train(load_config(None, [*DIGITS_ARGS, "train.epochs=1"]), tmp_path / "run")
+    run = train(load_config(None, [*DIGITS_ARGS, "train.epochs=1"]), out=tmp_path / "run")
     before = step_checkpoints(run / "checkpoints")
     weights = last_weights(run)
 
@@ -156,7 +121,7 @@ def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path:
 
 
 def test_a_damaged_best_checkpoint_is_refused_in_one_line(tmp_path: Path):
-    run = train(load_config(None, [*DIGITS_ARGS, "train.epochs=1"]), tmp_path / "run")
+    run = train(load_config(None, [*DIGITS_ARGS, "train.epochs=1"]), out=tmp_path / "run")
     best = Checkpoint(run / "checkpoints", "best")
     data = bytearray(best.weights.read_bytes())
     data[-1] ^= 0xFF  # one flipped bit in the last weight
@@ -168,7 +133,7 @@ def test_a_damaged_best_checkpoint_is_refused_in_one_line(tmp_path: Path):
 
 
 def test_resume_without_any_checkpoint_says_so(tmp_path: Path):
-    run = train(load_config(None, [*DIGITS_ARGS, "train.epochs=1"]), tmp_path / "run")
+    run = train(load_config(None, [*DIGITS_ARGS, "train.epochs=1"]), out=tmp_path / "run")
     for ckpt in step_checkpoints(run / "checkpoints"):
         ckpt.manifest.unlink()
     with pytest.raises(UserError, match="no checkpoint in .*cannot resume"):
@@ -185,7 +150,7 @@ def test_checkpoints_load_without_unpickling_objects(digits_run: Path):
 
 def test_pruning_keeps_the_newest(tmp_path: Path):
     args = [*DIGITS_ARGS, "train.epochs=2", "train.checkpoint_every=4", "train.keep_checkpoints=3"]
-    run = train(load_config(None, args), tmp_path / "run")
+    run = train(load_config(None, args), out=tmp_path / "run")
     tags = [c.tag for c in step_checkpoints(run / "checkpoints")]
     assert tags == ["step-00000040", "step-00000036", "step-00000032"]
     leftovers = {p.name for p in (run / "checkpoints").iterdir()} - {

@@ -18,13 +18,12 @@ from bigmodel.data.bundle import DataBundle, sample
 from bigmodel.data.loader import BatchLoader
 from bigmodel.data.text import (
     TextTransform,
-    _encode,
-    _read_named,
-    _read_path,
-    _train_tokenizer,
     build_text_data,
+    encode,
     prepare_texts,
+    read_table,
     split_indices,
+    text_tokenizer,
 )
 from bigmodel.errors import UserError
 
@@ -187,7 +186,7 @@ def test_python_tokenizer_encodes_like_the_fast_one(tmp_path: Path):
     slow = BertTokenizerLegacy(str(vocab))
     assert not slow.is_fast
     texts = [t for t, _ in rows()]
-    (f_feat, f_cut), (s_feat, s_cut) = _encode(fast, texts, 9), _encode(slow, texts, 9)
+    (f_feat, f_cut), (s_feat, s_cut) = encode(fast, texts, 9), encode(slow, texts, 9)
     assert f_cut == s_cut > 0
     assert torch.equal(f_feat["input_ids"], s_feat["input_ids"])
     assert torch.equal(f_feat["attention_mask"], s_feat["attention_mask"])
@@ -199,7 +198,7 @@ def test_split_is_fixed_by_its_seed(tmp_path: Path):
     for name in ("train", "val", "test"):
         assert torch.equal(first.split(name).features["input_ids"], again.split(name).features["input_ids"])
         assert torch.equal(first.split(name).labels, again.split(name).labels)
-    table = _read_path(config(path))
+    table = read_table(config(path))
     seed0, seed1 = split_indices(table, 0), split_indices(table, 1)
     assert not np.array_equal(seed0[1], seed1[1])
     for index in (*seed0, *seed1):
@@ -211,10 +210,8 @@ def test_split_is_fixed_by_its_seed(tmp_path: Path):
 def test_trained_tokenizer_is_repeatable(kind: str):
     """The Rust trainer alone numbers "##" pieces in hash order (tokenizers issue 1794): 20 runs differ."""
     texts = [t for t, _ in rows()] + ["Café naïve ﬁlm, an ÉTÉ of Σίσυφος", "cafe\u0301 once more"] * 2
-    vocabs = {
-        json.dumps(_train_tokenizer(texts, kind, 150, True, 64).get_vocab(), sort_keys=True)
-        for _ in range(20)
-    }
+    settings = DataConfig(tokenizer=kind, vocab_size=150, lowercase=True, max_length=64)
+    vocabs = {json.dumps(text_tokenizer(settings, texts).get_vocab(), sort_keys=True) for _ in range(20)}
     assert len(vocabs) == 1
 
 
@@ -288,7 +285,7 @@ def test_prepare_texts_matches_the_training_encoding(tmp_path: Path):
     cfg = config(path, max_length=12)
     bundle = build_text_data(cfg)
     bundle.tokenizer.save_pretrained(tmp_path / "tokenizer")
-    train_index, _, _ = split_indices(_read_path(cfg), cfg.split_seed)
+    train_index, _, _ = split_indices(read_table(cfg), cfg.split_seed)
     picks = [0, 3, 4, 7]  # rows 0 and 3 of the file hold <br /> and are among the longest
     raw = [rows()[train_index[p]][0] for p in picks]
     features = prepare_texts(raw, tmp_path / "tokenizer", bundle.info)
@@ -306,7 +303,7 @@ def test_prepare_texts_matches_the_training_encoding(tmp_path: Path):
 
 def test_imdb_splits_are_stratified_halves():
     """IMDB through the helpers: training its tokenizer on 20,000 reviews would dominate this file's time."""
-    table = _read_named("imdb")
+    table = read_table(DataConfig(name="imdb"))
     assert len(table.texts) == 25_000 and table.classes == ["negative", "positive"]
     assert not any("<br" in t.lower() for t in table.texts[:2000])
     splits = split_indices(table, 0)
@@ -318,7 +315,7 @@ def test_imdb_splits_are_stratified_halves():
 def test_rotten_tomatoes_builds_with_a_small_tokenizer():
     cfg = DataConfig(name="rotten-tomatoes", vocab_size=2000, max_length=64, limit=1000)
     bundle = build_text_data(cfg)
-    train, val, test = split_indices(_read_named("rotten-tomatoes"), cfg.split_seed)
+    train, val, test = split_indices(read_table(cfg), cfg.split_seed)
     assert len(train) + len(val) + len(test) == 8_530
     assert (
         (len(bundle.train), len(bundle.val), len(bundle.test))

@@ -1,8 +1,6 @@
 """Text end to end through the CLI: the same loop, run directory, evaluate and predict as images."""
 
-import csv
 import json
-import random
 import shutil
 import subprocess
 import sys
@@ -12,34 +10,8 @@ import pytest
 import torch
 
 from bigmodel.cli import main
-from bigmodel.run import Run
-
-POSITIVE = ["great", "wonderful", "moving", "brilliant", "superb", "delightful"]
-NEGATIVE = ["awful", "boring", "dull", "terrible", "tedious", "clumsy"]
-FILLER = ["the", "film", "plot", "actors", "was", "and", "a", "story", "it", "scenes"]
-
-
-def write_reviews(path: Path, n: int = 400, labels: tuple[str, str] = ("neg", "pos"), seed: int = 0) -> None:
-    rng = random.Random(seed)
-    with path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["review", "sentiment"])
-        for i in range(n):
-            good = i % 2 == 1
-            words = rng.choices(FILLER, k=rng.randint(4, 30)) + rng.choices(
-                POSITIVE if good else NEGATIVE, k=2
-            )
-            rng.shuffle(words)
-            writer.writerow([" ".join(words) + " <br /><br />", labels[good]])
-
-
-TEXT_ARGS = [
-    "data.text_column=review",
-    "data.label_column=sentiment",
-    "data.vocab_size=200",
-    "data.max_length=48",
-]
-TEXT_ARGS += ["train.epochs=6", "train.batch_size=16", "train.progress=false", "optim.lr=0.005"]
+from bigmodel.run import RunDir
+from conftest import TEXT_ARGS, write_reviews
 
 
 @pytest.fixture(scope="module")
@@ -157,9 +129,9 @@ def test_bert_fine_tunes_from_a_locally_saved_model_and_tokenizer(reviews: Path,
     assert report["params"] == sum(p.numel() for p in BertModel(config).parameters()) + 32 * 2 + 2
     assert report["test"]["accuracy"] >= 0.9
     # The run keeps the encoder's config, so it loads, evaluates and resumes with the directory gone.
-    before = Run.load(out).model.head.weight.clone()
+    before = RunDir(out).model.head.weight.clone()
     shutil.rmtree(saved)
-    assert torch.equal(Run.load(out).model.head.weight, before)
+    assert torch.equal(RunDir(out).model.head.weight, before)
     assert main(["evaluate", str(out)]) == 0
     assert main(["train", "--resume", str(out), "train.epochs=9"]) == 0
     assert json.loads((out / "report.json").read_text())["epochs"] == 9

@@ -12,8 +12,8 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from bigmodel.api import resume, train
+from bigmodel.checkpoint import step_checkpoints
 from bigmodel.config import load_config
-from bigmodel.engine.checkpoint import step_checkpoints
 from bigmodel.errors import UserError
 from conftest import DIGITS_ARGS, last_weights
 
@@ -62,7 +62,7 @@ def test_tensorboard_reads_the_scalars_back(digits_run: Path):
 
 def test_resume_continues_from_the_last_checkpoint(tmp_path: Path):
     cfg = load_config(None, [*DIGITS_ARGS, "train.epochs=2", "optim.schedule=constant"])
-    run = train(cfg, tmp_path / "run")
+    run = train(cfg, out=tmp_path / "run")
     before = last_weights(run)
     resume(run, ["train.epochs=3"])
     lines = (run / "metrics.jsonl").read_text().splitlines()
@@ -74,11 +74,11 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path: Path):
 
 def test_same_seed_same_weights_in_deterministic_mode(tmp_path: Path):
     args = [*DIGITS_ARGS, "train.epochs=1", "train.deterministic=true", "train.precision=fp32"]
-    a = train(load_config(None, args), tmp_path / "a")
-    b = train(load_config(None, args), tmp_path / "b")
+    a = train(load_config(None, args), out=tmp_path / "a")
+    b = train(load_config(None, args), out=tmp_path / "b")
     wa, wb = (last_weights(r) for r in (a, b))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    c = train(load_config(None, [*args, "train.seed=1"]), tmp_path / "c")
+    c = train(load_config(None, [*args, "train.seed=1"]), out=tmp_path / "c")
     wc = last_weights(c)
     assert any(not torch.equal(wa[k], wc[k]) for k in wa)
 
@@ -87,7 +87,7 @@ def test_early_stopping_says_why(tmp_path: Path):
     # lr=0 never improves: patience 2 stops after epoch 3.
     args = [*DIGITS_ARGS, "train.epochs=10", "optim.lr=1e-12", "train.early_stopping.patience=2"]
     args += ["optim.schedule=constant", "train.monitor=val/loss"]
-    run = train(load_config(None, args), tmp_path / "run")
+    run = train(load_config(None, args), out=tmp_path / "run")
     report = json.loads((run / "report.json").read_text())
     assert report["epochs"] < 10
     assert report["stop_reason"].startswith("early stopping: val/loss has not improved")
@@ -102,7 +102,7 @@ def test_resume_refuses_a_different_model(digits_run: Path):
 
 def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path):
     cfg = load_config(None, [*DIGITS_ARGS, "train.epochs=1", "optim.schedule=constant"])
-    run = train(cfg, tmp_path / "run")
+    run = train(cfg, out=tmp_path / "run")
     good = last_weights(run)
     with pytest.raises(
         UserError, match=r"loss became (nan|inf).*lower optim.lr.*checkpoint step-\d+ \(epoch 1\) is kept"
@@ -114,7 +114,10 @@ def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path)
 
 def test_divergence_before_any_checkpoint_leaves_no_run_directory(tmp_path: Path):
     with pytest.raises(UserError, match="loss became"):
-        train(load_config(None, [*DIGITS_ARGS, "optim.lr=1e12", "optim.schedule=constant"]), tmp_path / "run")
+        train(
+            load_config(None, [*DIGITS_ARGS, "optim.lr=1e12", "optim.schedule=constant"]),
+            out=tmp_path / "run",
+        )
     assert not (tmp_path / "run").exists()
 
 
@@ -122,7 +125,7 @@ def test_divergence_before_any_checkpoint_leaves_no_run_directory(tmp_path: Path
     "setting", ["train.grad_accum=2", "train.grad_clip=0.5", "train.label_smoothing=0.1"]
 )
 def test_training_options_still_learn(tmp_path: Path, setting: str):
-    run = train(load_config(None, [*DIGITS_ARGS, setting]), tmp_path / "run")
+    run = train(load_config(None, [*DIGITS_ARGS, setting]), out=tmp_path / "run")
     assert json.loads((run / "report.json").read_text())["test"]["accuracy"] > 0.8
 
 
@@ -137,8 +140,8 @@ def test_grad_accumulation_matches_the_larger_batch(tmp_path: Path):
     ]
     base += ["train.precision=fp32", "optim.name=sgd", "optim.schedule=constant", "data.limit=256"]
     base += ["data.augment.crop_padding=0", "data.augment.hflip=false"]  # augmentation draws per batch
-    one = train(load_config(None, [*base, "train.batch_size=64"]), tmp_path / "one")
-    two = train(load_config(None, [*base, "train.batch_size=32", "train.grad_accum=2"]), tmp_path / "two")
+    one = train(load_config(None, [*base, "train.batch_size=64"]), out=tmp_path / "one")
+    two = train(load_config(None, [*base, "train.batch_size=32", "train.grad_accum=2"]), out=tmp_path / "two")
     w1, w2 = (last_weights(r) for r in (one, two))
     assert all(torch.allclose(w1[k], w2[k], atol=1e-6) for k in w1)
 
@@ -148,8 +151,8 @@ def test_compiled_training_matches_eager(tmp_path: Path):
     """train.compile=true (torch.compile, inductor) trains the same model to the same weights, within
     float rounding, and the checkpoints hold the plain model's keys."""
     base = [*DIGITS_ARGS, "train.epochs=1", "train.precision=fp32", "data.limit=512", "model.dropout=0.0"]
-    eager = train(load_config(None, base), tmp_path / "eager")
-    compiled = train(load_config(None, [*base, "train.compile=true"]), tmp_path / "compiled")
+    eager = train(load_config(None, base), out=tmp_path / "eager")
+    compiled = train(load_config(None, [*base, "train.compile=true"]), out=tmp_path / "compiled")
     we, wc = (last_weights(r) for r in (eager, compiled))
     assert we.keys() == wc.keys()
     assert all(torch.allclose(we[k].float(), wc[k].float(), atol=1e-4) for k in we)

@@ -15,7 +15,7 @@ from typing import Any
 from benchmarks.cases import Bench, bigmodel_overrides
 from bigmodel.api import default_callbacks
 from bigmodel.engine.trainer import Callback, Trainer
-from bigmodel.run import RunPaths, write_run_files
+from bigmodel.run import RunDir
 
 
 class ReadClock(Callback):
@@ -35,9 +35,9 @@ def run(bench: Bench) -> dict[str, Any]:
     cfg = bench.config
     model = bench.model()
     trainer = Trainer(model, bench.data, cfg)
-    paths = RunPaths(bench.workdir / "run")
-    write_run_files(paths, cfg, bench.data, model)
-    trainer.callbacks = [*default_callbacks(cfg, paths), ReadClock(bench)]
+    run_dir = RunDir(bench.workdir / "run")
+    run_dir.create(cfg, bench.data, model)
+    trainer.callbacks = [*default_callbacks(cfg, run_dir), ReadClock(bench)]
     trainer.fit()
     options = {
         "overrides": bigmodel_overrides(bench.settings),

@@ -1,5 +1,10 @@
-"""The public workflows, one function per CLI subcommand: train (and pretrain), evaluate, predict,
-generate."""
+"""The public workflows, for Python as for the command line (one function per CLI subcommand):
+
+import bigmodel
+run = bigmodel.train("configs/fashion-cnn.yaml", ["train.epochs=3"], model=MyNet)
+run.evaluate()["accuracy"]; run.predict(["shoe.png"]); run.explain(["shoe.png"]); run.report()
+run = bigmodel.load("runs/fashion-cnn")   # any run directory, later
+"""
 
 from __future__ import annotations
 
@@ -11,11 +16,11 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from bigmodel.config import Config, apply_overrides, validate_config
+from bigmodel.checkpoint import latest_good_checkpoint, load_state, load_weights, step_checkpoints
+from bigmodel.config import Config, apply_overrides, load_config, validate_config
 from bigmodel.data import DataBundle
+from bigmodel.device import seed_everything
 from bigmodel.engine.callbacks import Checkpoints, EarlyStopping, MetricsJsonl, ProgressBar, TensorBoard
-from bigmodel.engine.checkpoint import latest_good_checkpoint, load_state, load_weights, step_checkpoints
-from bigmodel.engine.device import seed_everything
 from bigmodel.engine.distributed import close_world, is_peer_failure, leave_together
 from bigmodel.engine.trainer import Callback, Trainer, TrainingDiverged
 from bigmodel.errors import Interrupted, UserError
@@ -23,54 +28,87 @@ from bigmodel.evaluation.profile import Profile, profile_model, profile_source
 from bigmodel.evaluation.report import log_test_metrics
 from bigmodel.evaluation.scoring import load_with_data, run_data, split_metrics
 from bigmodel.models import build_model
-from bigmodel.run import (
-    Run,
-    RunPaths,
-    count_parameters,
-    model_config,
-    new_run_dir,
-    read_config,
-    write_history,
-    write_json,
-    write_run_files,
-)
+from bigmodel.models.custom import give_user_model
+from bigmodel.run import RunDir, count_parameters, new_run_dir
 from bigmodel.tasks import generates, task_for
 
 
-def train(cfg: Config, out: str | Path | None = None) -> Path | None:
-    """Train from a validated config into a new run directory; returns the directory (None on the
-    ranks other than 0 of a torchrun job, which write nothing).
+class Run(RunDir):
+    """A run directory with the workflows as methods: what ``bigmodel.train`` and ``bigmodel.load``
+    return. ``config``, ``info``, ``model`` (the best checkpoint), ``history`` and ``results`` (the
+    final metrics) come from ``RunDir``."""
+
+    def evaluate(self, split: str = "test") -> dict[str, Any]:
+        return evaluate(self, split)
+
+    def predict(self, inputs: list[str], top_k: int = 3) -> list[dict[str, Any]]:
+        return predict(self, inputs, top_k)
+
+    def explain(self, inputs: list[str], out: str | Path | None = None, **options: Any) -> list[Any]:
+        return explain(self, inputs, out, **options)
+
+    def report(self, out: str | Path | None = None, mistakes: int = 8) -> Path:
+        from bigmodel.evaluation.report import build_report
+
+        return build_report(self, Path(out) if out is not None else None, mistakes)
+
+    def generate(self, prompt: str, **options: Any) -> str:
+        return generate(self, prompt, **options)
+
+
+def load(run: str | Path, model: Any = None, checkpoint: str = "best") -> Run:
+    """A run directory, to evaluate, predict, explain or report on. ``model`` is the class or builder of
+    a run trained on a model of your own that no file holds (one defined in a notebook)."""
+    loaded = Run(run, checkpoint)
+    loaded.raw_config()  # refuses a directory that is not a run, now rather than at first use
+    if model is not None:
+        give_user_model(model, loaded.config.model.name)
+    return loaded
+
+
+def train(
+    config: str | Path | dict[str, Any] | Config | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    model: Any = None,
+    out: str | Path | None = None,
+) -> Run | None:
+    """Train into a new run directory and return it (None on the ranks other than 0 of a torchrun job,
+    which write nothing). ``config`` is a YAML file, a mapping or a ``Config`` (default: Fashion-MNIST
+    with the built-in CNN); ``overrides`` are ``section.key=value`` strings, as on the command line;
+    ``model`` (an ``nn.Module`` subclass or a function returning one) replaces the config's model, its
+    arguments set as ``model.<name>=value`` overrides.
 
     Data, model and device are all built before the directory is created, so a mistake in any of
     them leaves nothing behind.
     """
-    data, model = _prepare(cfg)
+    cfg = load_config(config, overrides, give_user_model(model) if model is not None else None)
+    data, built = _prepare(cfg)
     trainer = None
     try:
-        trainer = Trainer(model, data, cfg)  # joins the torchrun job, if any
-        paths = RunPaths(new_run_dir(cfg.name or "run", out)) if trainer.world.is_main else None
-        trainer.callbacks = default_callbacks(cfg, paths)
-        if paths is not None:
-            write_run_files(paths, cfg, data, model)
+        trainer = Trainer(built, data, cfg)  # joins the torchrun job, if any
+        run = Run(new_run_dir(cfg.name or "run", out).root) if trainer.world.is_main else None
+        trainer.callbacks = default_callbacks(cfg, run)
+        if run is not None:
+            run.create(cfg, data, built)
         try:
-            run = _fit_and_report(trainer, paths)
+            _fit_and_report(trainer, run)
         except BaseException:
-            if paths is not None and not step_checkpoints(paths.checkpoints):
-                shutil.rmtree(paths.root)  # nothing worth keeping: leave no half-written run behind
+            if run is not None and not step_checkpoints(run.checkpoints_dir):
+                shutil.rmtree(run.root)  # nothing worth keeping: leave no half-written run behind
             raise
         leave_together()
         return run
     finally:
-        del trainer, model  # the DDP model goes before the process group (see close_world)
+        del trainer, built  # the DDP model goes before the process group (see close_world)
         close_world()
 
 
-def resume(run: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Path | None:
+def resume(run: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Run | None:
     """Continue a run from its newest intact checkpoint, mid-epoch if that is where it stopped
     (overrides may, e.g., raise ``train.epochs``)."""
-    paths = RunPaths(Path(run))
-    original = validate_config(read_config(paths.root))
-    cfg = validate_config(apply_overrides(read_config(paths.root), overrides))
+    run = Run(run)
+    original = validate_config(run.raw_config())
+    cfg = validate_config(apply_overrides(run.raw_config(), overrides))
     frozen = {"data": (original.data, cfg.data), "model": (original.model, cfg.model)}
     frozen["optim.name"] = (original.optim.name, cfg.optim.name)
     for key, (was, now) in frozen.items():
@@ -78,84 +116,84 @@ def resume(run: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Path
             raise UserError(
                 f"{key} cannot change on --resume (the checkpoint depends on it); start a new run"
             )
-    ckpt = latest_good_checkpoint(paths.checkpoints)
+    ckpt = latest_good_checkpoint(run.checkpoints_dir)
     state = load_state(ckpt)
-    data, model = _prepare(cfg, paths)
+    data, model = _prepare(cfg, run)
     load_weights(model, ckpt.weights)
     trainer = None
     try:
         trainer = Trainer(model, data, cfg)
         main = trainer.world.is_main
-        trainer.callbacks = default_callbacks(cfg, paths if main else None)
+        trainer.callbacks = default_callbacks(cfg, run if main else None)
         trainer.load_state_dict(state)
         if main:
             # Epochs after the checkpoint may have been logged before a crash: the checkpoint is the truth.
-            write_history(paths.root, trainer.history)
-            write_run_files(paths, cfg, data, model)
+            run.write_history(trainer.history)
+            run.create(cfg, data, model)
             where = f"the end of epoch {trainer.epoch}"
             if trainer.batch_in_epoch:
                 where = f"epoch {trainer.epoch + 1}, batch {trainer.batch_in_epoch}"
-            print(f"resuming {paths.root} from {ckpt.tag} (step {trainer.step}, {where})", file=sys.stderr)
-        run = _fit_and_report(trainer, paths if main else None)
+            print(f"resuming {run.root} from {ckpt.tag} (step {trainer.step}, {where})", file=sys.stderr)
+        _fit_and_report(trainer, run if main else None)
         leave_together()
-        return run
+        return run if main else None
     finally:
         del trainer, model  # the DDP model goes before the process group (see close_world)
         close_world()
 
 
-def _prepare(cfg: Config, run: RunPaths | None = None) -> tuple[DataBundle, nn.Module]:
+def _prepare(cfg: Config, run: RunDir | None = None) -> tuple[DataBundle, nn.Module]:
     """Data and model of a new run, or of an existing ``run`` as it saw them (its own tokenizer, and
     its own copy of the pretrained model's config)."""
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     seed_everything(cfg.train.seed, cfg.train.deterministic)
     data = run_data(cfg, run)
-    model_cfg = model_config(run, cfg).model if run is not None else cfg.model
+    model_cfg = run.own_model_config(cfg).model if run is not None else cfg.model
     return data, build_model(model_cfg, data.info)
 
 
-def default_callbacks(cfg: Config, paths: RunPaths | None) -> list[Callback]:
+def default_callbacks(cfg: Config, run: RunDir | None) -> list[Callback]:
     """Checkpoints and early stopping on every rank (they take part in collectives and must agree on
     when to stop); the writers only where there is a run directory, rank 0."""
     tc = cfg.train
     callbacks: list[Callback] = [
-        Checkpoints(paths.checkpoints if paths else None, tc.checkpoint_every, tc.keep_checkpoints)
+        Checkpoints(run.checkpoints_dir if run else None, tc.checkpoint_every, tc.keep_checkpoints)
     ]
     if tc.early_stopping.patience:
         callbacks.append(EarlyStopping(tc.early_stopping.patience, tc.early_stopping.min_delta))
-    if paths is not None:
-        callbacks += [MetricsJsonl(paths.root), TensorBoard(paths.root)]
+    if run is not None:
+        callbacks += [MetricsJsonl(run), TensorBoard(run.root)]
         if tc.progress:
             callbacks.append(ProgressBar())
     return callbacks
 
 
-def _fit_and_report(trainer: Trainer, paths: RunPaths | None) -> Path | None:
+def _fit_and_report(trainer: Trainer, run: RunDir | None) -> None:
     try:
         trainer.fit()
     except RuntimeError as exc:
         if not is_peer_failure(exc):
             raise
         reason = str(exc).strip().splitlines()[0].split("] ", 1)[-1].split(". ")[0][:160]
-        run = paths.root if paths is not None else "RUN"
+        where = run.root if run is not None else "RUN"
         raise UserError(
             f"rank {trainer.world.rank} stops: another process of this torchrun job failed ({reason}); "
-            f"torchrun's summary below names it; continue with: bigmodel train --resume {run}"
+            f"torchrun's summary below names it; continue with: bigmodel train --resume {where}"
         ) from None
     except (TrainingDiverged, Interrupted) as exc:
-        if paths is None:
+        if run is None:
             raise
-        newest = step_checkpoints(paths.checkpoints)
+        newest = step_checkpoints(run.checkpoints_dir)
         kept = f"checkpoint {newest[0].tag} (epoch {trainer.epoch})" if newest else "no checkpoint"
         if isinstance(exc, Interrupted):
-            resume = f"bigmodel {trainer.task.command} --resume {paths.root}"
+            resume = f"bigmodel {trainer.task.command} --resume {run.root}"
             raise Interrupted(f"{exc}; saved {kept}; continue with: {resume}", exc.signum) from None
         raise TrainingDiverged(f"{exc}; {kept} is kept") from None
-    if paths is None:
-        return None  # rank 0 reports
+    if run is None:
+        return  # rank 0 reports
     print(f"stopped: {trainer.stop_reason}", file=sys.stderr)
-    best = Run.load(paths.root)  # the best checkpoint as saved: exactly what evaluate and predict load
+    best = RunDir(run.root)  # the best checkpoint as saved: exactly what evaluate and predict load
     val, test = (
         split_metrics(best.model, trainer.data, s, trainer.cfg, trainer.device, trainer.dtype)
         for s in ("val", "test")
@@ -174,17 +212,16 @@ def _fit_and_report(trainer: Trainer, paths: RunPaths | None) -> Path | None:
         "processes": trainer.world.size,
         "samples_per_s_median": _median([h["train/samples_per_s"] for h in history]),
     }
-    write_json(paths.report, report)
-    log_test_metrics(paths.root, test, trainer.data.info.classes, trainer.epoch)
+    run.write_results(report)
+    log_test_metrics(run.root, test, trainer.data.info.classes, trainer.epoch)
     if best.model.exports_hf:
         export_hf(best, trainer.data.tokenizer)
-    return paths.root
 
 
-def export_hf(run: Run, tokenizer: Any) -> Path:
+def export_hf(run: RunDir, tokenizer: Any) -> Path:
     """``RUN/hf/``: the best weights as a Hugging Face model and its tokenizer (``save_pretrained``), so
     ``AutoModel.from_pretrained`` and ``AutoTokenizer.from_pretrained`` read it unchanged."""
-    out = run.paths.root / "hf"
+    out = run.hf_dir
     hf = run.model.hf
     if tokenizer.cls_token_id is not None:  # our tokenizers open each text with [CLS], close with [SEP]
         for config in (hf.config, getattr(hf, "generation_config", None)):
@@ -204,17 +241,17 @@ def _median(values: list[float]) -> float:
     return float(torch.tensor(values).median()) if values else 0.0
 
 
-def evaluate(run: str | Path, split: str = "test") -> dict[str, Any]:
+def evaluate(run: str | Path | RunDir, split: str = "test") -> dict[str, Any]:
     """Metrics of a run's best checkpoint on one split of its data (rebuilt from its config)."""
     loaded, data, device, dtype = load_with_data(run)
     return split_metrics(loaded.model, data, split, loaded.config, device, dtype)
 
 
-def predict(run: str | Path, inputs: list[str], top_k: int = 3) -> list[dict[str, Any]]:
+def predict(run: str | Path | RunDir, inputs: list[str], top_k: int = 3) -> list[dict[str, Any]]:
     """Top-k classes with probabilities for each input: image files for image runs, texts for text runs."""
-    loaded = Run.load(run)
+    loaded = _loaded(run)
     task = task_for(loaded.info)
-    task.require_classifier(run, "predict")
+    task.require_classifier(loaded.root, "predict")
     features = loaded.encode(inputs)
     with torch.inference_mode():
         probs = torch.softmax(task.output(loaded.model, features).logits.float(), dim=1)
@@ -249,7 +286,7 @@ def profile(
 
 
 def explain(
-    run: str | Path,
+    run: str | Path | RunDir,
     inputs: list[str],
     out: str | Path | None = None,
     target: str | None = None,
@@ -260,13 +297,13 @@ def explain(
     ``RUN/explanations``); returns each ``Explanation`` with the files written for it."""
     from bigmodel.evaluation.explain import explain_to_files
 
-    loaded = Run.load(run)
-    folder = Path(out) if out is not None else loaded.paths.root / "explanations"
+    loaded = _loaded(run)
+    folder = Path(out) if out is not None else loaded.root / "explanations"
     return explain_to_files(loaded, inputs, folder, target, method, steps)
 
 
 def generate(
-    run: str | Path,
+    run: str | Path | RunDir,
     prompt: str,
     max_new_tokens: int = 50,
     temperature: float = 1.0,
@@ -276,10 +313,10 @@ def generate(
 ) -> str:
     """Continue ``prompt`` with a causal LM run, sampling through Hugging Face's ``generate``; the same
     seed gives the same text. ``temperature=0`` picks the likeliest token at each step."""
-    loaded = Run.load(run)
+    loaded = _loaded(run)
     if not generates(task_for(loaded.info)):
         raise UserError(
-            f"{run} is not a causal language model; generate needs a run pretrained with "
+            f"{loaded.root} is not a causal language model; generate needs a run pretrained with "
             "data.objective=clm (e.g. bigmodel pretrain configs/gpt-imdb.yaml)"
         )
     context = loaded.info.input_shape[0]
@@ -297,7 +334,7 @@ def generate(
             raise UserError(f"{flag} must be {allowed}")
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(loaded.paths.tokenizer))
+    tokenizer = AutoTokenizer.from_pretrained(str(loaded.tokenizer_dir))
     ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     if tokenizer.cls_token_id is not None:
         ids = [tokenizer.cls_token_id, *ids]  # how every training text began
@@ -317,3 +354,11 @@ def generate(
             eos_token_id=tokenizer.sep_token_id,
         )
     return tokenizer.decode(out[0], skip_special_tokens=True)
+
+
+def _loaded(run: str | Path | RunDir) -> RunDir:
+    """A run as given (its model loaded once), or a directory's, with the model on the CPU, where
+    predict, explain and generate encode their inputs (evaluate may have moved it to a GPU)."""
+    loaded = run if isinstance(run, RunDir) else RunDir(run)
+    loaded.model.cpu()
+    return loaded

@@ -11,6 +11,18 @@ from typing import Any
 
 from bigmodel.errors import Interrupted, UserError
 
+USAGE = """Train, evaluate and explain neural networks from a YAML config.
+
+  bigmodel train configs/fashion-cnn.yaml train.epochs=3    train; prints the run directory
+  bigmodel evaluate runs/fashion-cnn                        metrics of its best checkpoint
+  bigmodel predict runs/fashion-cnn shoe.png                top classes (--text for text runs)
+  bigmodel explain runs/fashion-cnn shoe.png                which pixels or tokens decided
+  bigmodel report runs/fashion-cnn                          one HTML page: curves, metrics, mistakes
+
+Any config key can be set as section.key=value; model.name=path/to/file.py:MyNet trains your own
+nn.Module. In Python: run = bigmodel.train(config, overrides, model=MyNet); bigmodel.load(RUN).
+"""
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
@@ -36,7 +48,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bigmodel", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="bigmodel", description=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model from a YAML config (default: Fashion-MNIST)")
@@ -126,7 +140,6 @@ def _parser() -> argparse.ArgumentParser:
 def _train(args: argparse.Namespace, pretrain: bool = False) -> int:
     from bigmodel import api
     from bigmodel.config import load_config
-    from bigmodel.run import read_info, read_report
     from bigmodel.tasks import task_for
 
     config, overrides = _split_config_args(args.args)
@@ -141,20 +154,19 @@ def _train(args: argparse.Namespace, pretrain: bool = False) -> int:
                 "pretrain needs data.objective=mlm (with model.name=bert-mlm) or clm (with model.name=gpt); "
                 "see configs/mlm-imdb.yaml and configs/gpt-imdb.yaml"
             )
-        run = api.train(cfg, args.out)
+        run = api.train(cfg, out=args.out)
     if run is None:  # a torchrun rank other than 0: rank 0 reports
         return 0
-    report = read_report(run)
-    test = report["test"]
+    report = run.results
     done = (
         f"({report['train_seconds']:.0f} s, {report['params']:,} params, best epoch {report['best_epoch']})"
     )
-    print(f"{task_for(read_info(run)).summary_line(test)}  {done}")
-    if (run / "hf").is_dir():
-        print(f"hf:          {run / 'hf'}  (AutoModel.from_pretrained reads it)")
-    print(f"run:         {run}")
-    print(f"report:      {run / 'report.json'}")
-    print(f"tensorboard: tensorboard --logdir {run}")
+    print(f"{task_for(run.info).summary_line(report['test'])}  {done}")
+    if run.hf_dir.is_dir():
+        print(f"hf:          {run.hf_dir}  (AutoModel.from_pretrained reads it)")
+    print(f"run:         {run.root}")
+    print(f"report:      {run.results_file}")
+    print(f"tensorboard: tensorboard --logdir {run.root}")
     return 0
 
 
@@ -185,14 +197,14 @@ def _split_config_args(items: list[str]) -> tuple[str | None, list[str]]:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from bigmodel import api
-    from bigmodel.run import read_info
     from bigmodel.tasks import task_for
 
-    metrics = api.evaluate(args.run, args.split)
+    run = api.load(args.run)
+    metrics = run.evaluate(args.split)
     if args.json:
         print(json.dumps(metrics, indent=2))
         return 0
-    task = task_for(read_info(Path(args.run)))
+    task = task_for(run.info)
     if not task.classifier:
         print(f"{args.split}: {metrics['count']} predicted tokens")
         for key in task.summary_keys:

@@ -7,6 +7,7 @@ model registry against that model's own settings.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import os
 from pathlib import Path
@@ -139,8 +140,10 @@ class TrainConfig(Section):
     grad_clip: float | None = Field(None, gt=0, description="clip the global gradient norm to this")
     grad_accum: int = Field(1, gt=0, description="batches per optimizer step")
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
-    monitor: MONITORABLE = Field(
-        "val/accuracy", description="metric for the best checkpoint and early stopping"
+    monitor: MONITORABLE | None = Field(
+        None,
+        description="metric for the best checkpoint and early stopping; default: the task's, val/accuracy "
+        "for a classifier, val/loss for a language model",
     )
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
     channels_last: bool = True
@@ -163,7 +166,7 @@ class TrainConfig(Section):
     @property
     def monitor_mode(self) -> str:
         """Losses improve downwards, every other monitored metric upwards."""
-        return "min" if self.monitor.endswith("loss") else "max"
+        return "min" if (self.monitor or "").endswith("loss") else "max"
 
 
 class OptimConfig(Section):
@@ -209,17 +212,28 @@ DEFAULT_CONFIG: dict[str, Any] = {
 }
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Read a YAML config (or the built-in default), apply dotted overrides, validate."""
-    if path is None:
-        raw: dict[str, Any] = yaml.safe_load(yaml.safe_dump(DEFAULT_CONFIG))
+def load_config(
+    source: str | Path | dict[str, Any] | Config | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    model: str | None = None,
+) -> Config:
+    """A YAML file, a mapping or a ``Config`` (default: the built-in config), with ``model`` (a
+    ``model.name``) replacing its model section and then dotted overrides applied, validated."""
+    if source is None:
+        raw: dict[str, Any] = copy.deepcopy(DEFAULT_CONFIG)
+    elif isinstance(source, Config):
+        raw = source.model_dump(mode="json", exclude_unset=True)  # what was set, not derived defaults
+    elif isinstance(source, dict):
+        raw = copy.deepcopy(source)
     else:
-        raw = _read_yaml(Path(path))
-        raw.setdefault("name", Path(path).stem)
+        raw = _read_yaml(Path(source))
+        raw.setdefault("name", Path(source).stem)
+    if model is not None:  # the config's model settings belong to its model, not this one
+        raw["model"] = {"name": model}
     cfg = validate_config(apply_overrides(raw, overrides))
     if cfg.name is None:  # no config file: name the run after what it trains
-        source = cfg.data.name or Path(str(cfg.data.path)).stem
-        cfg.name = f"{source}-{model_label(cfg.model.name)}"
+        source_name = cfg.data.name or Path(str(cfg.data.path)).stem
+        cfg.name = f"{source_name}-{model_label(cfg.model.name)}"
     return cfg
 
 

@@ -8,6 +8,8 @@
       checkpoints/         step-<N>.{safetensors,state.pt,json} (newest few), best.{safetensors,json}
       tokenizer/           text runs: the tokenizer, in Hugging Face format
       pretrained/          runs from model.pretrained: the Hugging Face config of what was loaded
+      hf/                  BERT and GPT runs: the best weights as a Hugging Face model and tokenizer
+      report.html, explanations/   written by bigmodel report and bigmodel explain
       events.out.tfevents.*  TensorBoard
 
 Anything that can load a run needs nothing else: not even the model.pretrained directory it started
@@ -16,8 +18,9 @@ from, which may since have been moved, deleted or pretrained again.
 
 from __future__ import annotations
 
+import functools
 import json
-from dataclasses import dataclass
+import os
 from pathlib import Path
 from typing import Any
 
@@ -25,148 +28,122 @@ import torch
 import torch.nn as nn
 import yaml
 
+from bigmodel.checkpoint import load_weights
 from bigmodel.config import Config, validate_config
 from bigmodel.data.bundle import DataBundle, DataInfo
-from bigmodel.engine.checkpoint import atomic_write, load_weights
 from bigmodel.errors import UserError
+from bigmodel.files import write_json, write_text
 from bigmodel.models import build_model
 
 
-@dataclass
-class RunPaths:
-    root: Path
+class RunDir:
+    """One run directory: where each of its files lives, and the only code that reads or writes them.
+
+    What it holds is read when first asked for: ``config``, ``info`` and ``model`` (the ``checkpoint``
+    given, ``best`` by default, in eval mode on the CPU) are loaded once; ``history`` and ``results``
+    are read afresh each time, as a run still training appends to them."""
+
+    def __init__(self, root: str | os.PathLike[str], checkpoint: str = "best"):
+        self.root = Path(root)
+        self.checkpoint = checkpoint
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.root)!r})"
+
+    def __fspath__(self) -> str:  # a run is its directory: open(run / "report.json"), Path(run), str(run)
+        return str(self.root)
+
+    __str__ = __fspath__
+
+    def __truediv__(self, name: str) -> Path:
+        return self.root / name
 
     @property
-    def config(self) -> Path:
+    def name(self) -> str:
+        return self.root.resolve().name
+
+    # --- where each file lives -------------------------------------------------------------------------
+
+    @property
+    def config_file(self) -> Path:
         return self.root / "config.yaml"
 
     @property
-    def data_info(self) -> Path:
+    def data_file(self) -> Path:
         return self.root / "data.json"
 
     @property
-    def metrics(self) -> Path:
+    def metrics_file(self) -> Path:
         return self.root / "metrics.jsonl"
 
     @property
-    def report(self) -> Path:
+    def results_file(self) -> Path:
         return self.root / "report.json"
 
     @property
-    def tokenizer(self) -> Path:
+    def tokenizer_dir(self) -> Path:
         return self.root / "tokenizer"
 
     @property
-    def checkpoints(self) -> Path:
+    def checkpoints_dir(self) -> Path:
         return self.root / "checkpoints"
 
     @property
-    def pretrained(self) -> Path:
+    def pretrained_dir(self) -> Path:
         return self.root / "pretrained"
 
+    @property
+    def hf_dir(self) -> Path:
+        return self.root / "hf"
 
-def new_run_dir(name: str, out: str | Path | None, runs_root: Path = Path("runs")) -> Path:
-    """``--out`` exactly (refused if it holds files), else ``runs/<name>``, numbered if taken."""
-    if out is not None:
-        path = Path(out)
-        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+    # --- reading -----------------------------------------------------------------------------------------
+
+    def raw_config(self) -> dict[str, Any]:
+        """``config.yaml`` as written, before validation (``--resume`` applies overrides to it)."""
+        if not self.config_file.is_file():
             raise UserError(
-                f"--out {path} already exists and is not empty; pick a new directory or use --resume"
+                f"{self.root} is not a bigmodel run directory (no config.yaml); give a directory under runs/"
             )
-        return path
-    path = runs_root / name
-    n = 2
-    while path.exists():
-        path = runs_root / f"{name}-{n}"
-        n += 1
-    return path
+        return yaml.safe_load(self.config_file.read_text(encoding="utf-8"))
 
+    @functools.cached_property
+    def config(self) -> Config:
+        """The run's config, with ``model.pretrained`` pointing at the run's own copy of the loaded
+        model's config: the checkpoint holds every weight, so the original directory is not needed."""
+        cfg = validate_config(self.raw_config())
+        return self.own_model_config(cfg)
 
-def write_json(path: Path, payload: dict[str, Any]) -> None:
-    atomic_write(
-        path, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    )
+    def own_model_config(self, cfg: Config) -> Config:
+        if cfg.model.settings().get("pretrained") is None or not self.pretrained_dir.is_dir():
+            return cfg
+        model = cfg.model.model_copy(update={"pretrained": str(self.pretrained_dir)})
+        return cfg.model_copy(update={"model": model})
 
+    @functools.cached_property
+    def info(self) -> DataInfo:
+        """``data.json``: what the run's data looked like (kind, classes, input shape, normalisation)."""
+        if not self.data_file.is_file():
+            raise UserError(f"{self.root} has no data.json; the run did not finish setting up")
+        return DataInfo.from_dict(json.loads(self.data_file.read_text(encoding="utf-8")))
 
-def write_run_files(paths: RunPaths, cfg: Config, data: DataBundle, model: nn.Module) -> None:
-    paths.root.mkdir(parents=True, exist_ok=True)
-    paths.checkpoints.mkdir(exist_ok=True)
-    text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-    atomic_write(paths.config, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-    write_json(paths.data_info, data.info.to_dict())
-    if data.tokenizer is not None:
-        data.tokenizer.save_pretrained(paths.tokenizer)
-    if cfg.model.settings().get("pretrained") is not None:
-        model.pretrained_config.save_pretrained(paths.pretrained)
+    @functools.cached_property
+    def model(self) -> nn.Module:
+        model = build_model(self.config.model, self.info)
+        load_weights(model, self.checkpoints_dir / f"{self.checkpoint}.safetensors")
+        return model.eval()
 
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """``metrics.jsonl``: one entry per finished epoch."""
+        path = self.metrics_file
+        lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+        return [json.loads(line) for line in lines if line.strip()]
 
-def model_config(paths: RunPaths, cfg: Config) -> Config:
-    """The run's config with ``model.pretrained`` pointing at the run's own copy of the loaded model's
-    config: the checkpoint holds every weight, so the original directory is not needed to rebuild it."""
-    if cfg.model.settings().get("pretrained") is None or not paths.pretrained.is_dir():
-        return cfg
-    model = cfg.model.model_copy(update={"pretrained": str(paths.pretrained)})
-    return cfg.model_copy(update={"model": model})
-
-
-def read_info(run: Path) -> DataInfo:
-    """``data.json``: what the run's data looked like (kind, classes, input shape, normalisation)."""
-    path = RunPaths(run).data_info
-    if not path.is_file():
-        raise UserError(f"{run} has no data.json; the run did not finish setting up")
-    return DataInfo.from_dict(json.loads(path.read_text(encoding="utf-8")))
-
-
-def read_report(run: Path) -> dict[str, Any]:
-    """``report.json``: the final metrics; empty for a run that has not finished."""
-    path = RunPaths(run).report
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-
-
-def read_history(run: Path) -> list[dict[str, Any]]:
-    """``metrics.jsonl``: one entry per finished epoch."""
-    path = RunPaths(run).metrics
-    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
-    return [json.loads(line) for line in lines if line.strip()]
-
-
-def write_history(run: Path, history: list[dict[str, Any]]) -> None:
-    """Rewrite ``metrics.jsonl`` (a resumed run: the checkpoint's history is the truth)."""
-    RunPaths(run).metrics.write_text("".join(json.dumps(m) + "\n" for m in history), encoding="utf-8")
-
-
-def append_history(run: Path, metrics: dict[str, Any]) -> None:
-    with RunPaths(run).metrics.open("a", encoding="utf-8") as f:
-        f.write(json.dumps(metrics) + "\n")
-
-
-def read_config(run: Path) -> dict[str, Any]:
-    paths = RunPaths(run)
-    if not paths.config.is_file():
-        raise UserError(
-            f"{run} is not a bigmodel run directory (no config.yaml); give a directory under runs/"
-        )
-    return yaml.safe_load(paths.config.read_text(encoding="utf-8"))
-
-
-@dataclass
-class Run:
-    """A finished (or interrupted) run, loaded for evaluation and prediction."""
-
-    paths: RunPaths
-    config: Config
-    info: DataInfo
-    model: nn.Module
-
-    @classmethod
-    def load(cls, root: str | Path, checkpoint: str = "best") -> Run:
-        paths = RunPaths(Path(root))
-        config = model_config(paths, validate_config(read_config(paths.root)))
-        info = read_info(paths.root)
-        model = build_model(config.model, info)
-        load_weights(model, paths.checkpoints / f"{checkpoint}.safetensors")
-        model.eval()
-        return cls(paths, config, info, model)
+    @property
+    def results(self) -> dict[str, Any]:
+        """``report.json``: the final metrics; empty for a run that has not finished."""
+        path = self.results_file
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
     def encode(self, inputs: list[str]) -> dict[str, torch.Tensor]:
         """Image files (image runs) or texts (text runs) as ``model(**features)`` takes them, encoded
@@ -174,10 +151,51 @@ class Run:
         if self.info.kind == "text":
             from bigmodel.data.text import prepare_texts
 
-            return prepare_texts(inputs, self.paths.tokenizer, self.info)
+            return prepare_texts(inputs, self.tokenizer_dir, self.info)
         from bigmodel.data.vision import image_transform, prepare_images
 
         return image_transform(self.info)({"pixels": prepare_images(inputs, self.info)})
+
+    # --- writing -----------------------------------------------------------------------------------------
+
+    def create(self, cfg: Config, data: DataBundle, model: nn.Module) -> None:
+        """The files a run starts with: its config, its data's description, its tokenizer and, for a
+        model loaded from ``model.pretrained``, that model's Hugging Face config."""
+        self.checkpoints_dir.mkdir(parents=True, exist_ok=True)
+        write_text(self.config_file, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        write_json(self.data_file, data.info.to_dict())
+        if data.tokenizer is not None:
+            data.tokenizer.save_pretrained(self.tokenizer_dir)
+        if cfg.model.settings().get("pretrained") is not None:
+            model.pretrained_config.save_pretrained(self.pretrained_dir)
+
+    def write_results(self, results: dict[str, Any]) -> None:
+        write_json(self.results_file, results)
+
+    def write_history(self, history: list[dict[str, Any]]) -> None:
+        """Rewrite ``metrics.jsonl`` (a resumed run: the checkpoint's history is the truth)."""
+        write_text(self.metrics_file, "".join(json.dumps(m) + "\n" for m in history))
+
+    def append_history(self, metrics: dict[str, Any]) -> None:
+        with self.metrics_file.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(metrics) + "\n")
+
+
+def new_run_dir(name: str, out: str | Path | None, runs_root: Path = Path("runs")) -> RunDir:
+    """``--out`` exactly (refused if it holds files), else ``runs/<name>``, numbered if taken."""
+    if out is not None:
+        path = Path(out)
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise UserError(
+                f"--out {path} already exists and is not empty; pick a new directory or use --resume"
+            )
+        return RunDir(path)
+    path = runs_root / name
+    n = 2
+    while path.exists():
+        path = runs_root / f"{name}-{n}"
+        n += 1
+    return RunDir(path)
 
 
 def count_parameters(model: nn.Module) -> int:

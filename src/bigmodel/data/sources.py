@@ -21,6 +21,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from bigmodel.errors import UserError
+from bigmodel.files import sha256
 
 ROLES: tuple[str, ...] = ("train_images", "train_labels", "test_images", "test_labels")
 TIMEOUT_S = 60.0
@@ -124,11 +125,6 @@ def locate(name: str) -> dict[str, Path]:
     raise UserError(f"{name} not found in {where}; {hint}")
 
 
-def _sha256_of(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def _fsync_dir(directory: Path) -> None:
     # Makes the rename itself durable; not every platform can open a directory, and that is fine.
     try:
@@ -199,7 +195,7 @@ def fetch(name: str, base_url: str | None = None, dest: Path | None = None, prog
     base = (base_url or source.base_url).rstrip("/") + "/"
     for filename, expected in source.files.values():
         final = directory / filename
-        if final.is_file() and _sha256_of(final) == expected:
+        if final.is_file() and sha256(final) == expected:
             continue
         _download(base + filename, final, expected, progress)
     return directory

@@ -89,7 +89,7 @@ def build_text_data(cfg: DataConfig) -> DataBundle:
     splits: dict[str, TensorSplit] = {}
     truncated = 0
     for name, index in (("train", train), ("val", val), ("test", test)):
-        features, n_truncated = _encode(tokenizer, [table.texts[i] for i in index], max_length)
+        features, n_truncated = encode(tokenizer, [table.texts[i] for i in index], max_length)
         splits[name] = TensorSplit(features, torch.from_numpy(table.labels[index]))
         truncated += n_truncated
     _warn_truncated(truncated, sum(len(s) for s in splits.values()), max_length)
@@ -132,7 +132,7 @@ def prepare_texts(texts: list[str], tokenizer_dir: Path, info: DataInfo) -> dict
         if not text:
             raise UserError(f"text {i} of {len(cleaned)} is empty; give texts with words in them")
     max_length = info.input_shape[0]
-    features, truncated = _encode(tokenizer, cleaned, max_length)
+    features, truncated = encode(tokenizer, cleaned, max_length)
     _warn_truncated(truncated, len(cleaned), max_length)
     return TextTransform()(features)
 
@@ -446,9 +446,10 @@ def _ready(tokenizer: Any, name: str) -> Any:
     return tokenizer
 
 
-def _encode(tokenizer: Any, texts: list[str], max_length: int) -> tuple[dict[str, torch.Tensor], int]:
-    """Features padded to the longest text (at most max_length), and how many texts were truncated.
+def encode(tokenizer: Any, texts: list[str], max_length: int) -> tuple[dict[str, torch.Tensor], int]:
+    """The one encoding of texts for training (``build_text_data``) and prediction (``prepare_texts``).
 
+    Features padded to the longest text (at most max_length), and how many texts were truncated.
     A fast tokenizer reports truncation in the same pass (as overflow rows, dropped here), which keeps
     the tokenization of 25,000 reviews to one pass; a Python tokenizer re-counts only the full-length rows.
     """

@@ -12,8 +12,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import bigmodel.data.images as images
+import bigmodel.data.sources as sources
 from bigmodel.config import AugmentConfig, DataConfig
-from bigmodel.data import images, sources
 from bigmodel.data.augment import ImageTransform
 from bigmodel.data.bundle import DataBundle, DataInfo, carve, sample, to_split
 from bigmodel.errors import UserError

@@ -10,9 +10,9 @@ from typing import Any
 
 from tqdm import tqdm
 
-from bigmodel.engine.checkpoint import prune_checkpoints, save_checkpoint
+from bigmodel.checkpoint import prune_checkpoints, save_checkpoint
 from bigmodel.engine.trainer import Callback, Trainer
-from bigmodel.run import append_history
+from bigmodel.run import RunDir
 
 
 def _improved(value: float, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
@@ -73,11 +73,11 @@ class ProgressBar(Callback):
 class MetricsJsonl(Callback):
     """``metrics.jsonl``: one JSON object per epoch, the plain-text record of the run."""
 
-    def __init__(self, run: Path):
+    def __init__(self, run: RunDir):
         self.run = run
 
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
-        append_history(self.run, metrics)
+        self.run.append_history(metrics)
 
 
 class TensorBoard(Callback):

@@ -42,7 +42,7 @@ from bigmodel.config import Config, TrainConfig
 from bigmodel.data import BatchLoader, DataBundle, DataInfo, TensorSplit
 from bigmodel.data.bundle import IGNORE
 from bigmodel.data.loader import Batch, move
-from bigmodel.engine.device import (
+from bigmodel.device import (
     autocast,
     keep_freed_memory,
     resolve_device,
@@ -105,6 +105,8 @@ class Trainer:
         self.cfg = cfg
         self.data = data
         self.task: Task = task_for(data.info)
+        if cfg.train.monitor is None:
+            cfg.train.monitor = self.task.monitor  # written so to config.yaml
         self.callbacks = list(callbacks)
         self.world = world_from_env()
         if self.world.distributed and tc.batch_size % self.world.size:

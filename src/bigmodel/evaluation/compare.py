@@ -6,9 +6,11 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bigmodel.errors import UserError
-from bigmodel.evaluation.report import RunFiles, fmt, line_figure, page, section, table
+from bigmodel.evaluation.report import fmt, line_figure, page, section, series, table
+from bigmodel.run import RunDir
 
 
 @dataclass
@@ -27,13 +29,15 @@ def compare_runs(runs: list[str | Path], out: Path = Path("compare.html")) -> Co
     for i, root in enumerate(resolved):
         if root in resolved[:i]:
             raise UserError(f"{roots[i]} is given twice; compare different runs")
-    files = [RunFiles.read(root) for root in roots]  # every path checked before anything is written
+    files = [RunDir(root) for root in roots]
+    configs = [f.raw_config() for f in files]  # every path checked before anything is written
+    histories = [f.history for f in files]
     names = [f.name for f in files]
     labels = [str(r) if names.count(n) > 1 else n for r, n in zip(roots, names, strict=True)]
-    columns = [_column(f) for f in files]
+    columns = [_column(f, c, h) for f, c, h in zip(files, configs, histories, strict=True)]
     rows = [(what, [c[what] for c in columns]) for what in columns[0]]
     panels = [
-        (title, [(label, f.series(key)) for label, f in zip(labels, files, strict=True)])
+        (title, [(label, series(h, key)) for label, h in zip(labels, histories, strict=True)])
         for title, key in (
             ("val loss", "val/loss"),
             ("val accuracy", "val/accuracy"),
@@ -56,14 +60,14 @@ def compare_runs(runs: list[str | Path], out: Path = Path("compare.html")) -> Co
     return Comparison(labels, rows, out)
 
 
-def _column(files: RunFiles) -> dict[str, str]:
-    report, optim = files.report, files.config["optim"]
+def _column(run: RunDir, config: dict[str, Any], history: list[dict[str, Any]]) -> dict[str, str]:
+    report, optim = run.results, config["optim"]
     val, test = report.get("val", {}), report.get("test", {})
     return {
-        "model": files.config["model"]["name"],
+        "model": config["model"]["name"],
         "optimizer": f"{optim['name']} (lr {optim['lr']:g})",
         "params": fmt(report.get("params"), ","),
-        "epochs": str(len(files.history)),
+        "epochs": str(len(history)),
         "train seconds": fmt(report.get("train_seconds"), ",.1f"),
         "samples/s": fmt(report.get("samples_per_s_median"), ",.0f"),
         "best epoch": fmt(report.get("best_epoch")),

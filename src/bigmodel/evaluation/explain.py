@@ -13,7 +13,7 @@ text model has. The bag of n-grams also embeds each hashed n-gram (``model.ngram
 layers are attributed together, and each n-gram's score is split equally among its n tokens, so the
 token scores still add up to f(input) − f(baseline), the baseline's n-grams being those of its padding.
 
-Everything runs where ``Run.load`` put the model (the CPU), in fp32, in eval mode (no dropout), one
+Everything runs where ``RunDir`` loads the model (the CPU), in fp32, in eval mode (no dropout), one
 example at a time with its padding trimmed: padding never changes a model's output.
 """
 
@@ -32,7 +32,7 @@ import torch.nn as nn
 
 from bigmodel.errors import UserError
 from bigmodel.models.output import as_output
-from bigmodel.run import Run
+from bigmodel.run import RunDir
 from bigmodel.tasks import task_for
 
 METHODS = ("integrated_gradients", "saliency")
@@ -60,7 +60,7 @@ class Explanation:
 
 
 def explain_features(
-    run: Run,
+    run: RunDir,
     features: dict[str, torch.Tensor],
     targets: list[int] | None = None,
     method: str = "integrated_gradients",
@@ -114,7 +114,7 @@ def explain_features(
 
 
 def explain_inputs(
-    run: Run,
+    run: RunDir,
     inputs: list[str],
     target: str | None = None,
     method: str = "integrated_gradients",
@@ -126,8 +126,8 @@ def explain_inputs(
     return explain_features(run, run.encode(inputs), targets, method, steps, names=inputs)
 
 
-def _check_classifier(run: Run) -> None:
-    task_for(run.info).require_classifier(run.paths.root, "explain")
+def _check_classifier(run: RunDir) -> None:
+    task_for(run.info).require_classifier(run.root, "explain")
 
 
 def _check_options(method: str, steps: int) -> None:
@@ -139,7 +139,7 @@ def _check_options(method: str, steps: int) -> None:
         )
 
 
-def _targets(run: Run, target: str | None, method: str, steps: int, n: int) -> list[int] | None:
+def _targets(run: RunDir, target: str | None, method: str, steps: int, n: int) -> list[int] | None:
     """The class index of ``target`` for each of n inputs, after every check that needs no model call."""
     _check_classifier(run)
     _check_options(method, steps)
@@ -152,7 +152,7 @@ def _targets(run: Run, target: str | None, method: str, steps: int, n: int) -> l
 
 
 def _explain_image(
-    run: Run, pixels: torch.Tensor, target: int, method: str, steps: int
+    run: RunDir, pixels: torch.Tensor, target: int, method: str, steps: int
 ) -> tuple[torch.Tensor, float | None, torch.Tensor]:
     """Attributions (H, W), delta, and the image (C, H, W) in [0, 1].
 
@@ -247,16 +247,16 @@ def _ngram_shares(scores: torch.Tensor, length: int, ngrams: int) -> torch.Tenso
     return shares
 
 
-def _tokenizer(run: Run) -> Any:
+def _tokenizer(run: RunDir) -> Any:
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(run.paths.tokenizer))
+    return AutoTokenizer.from_pretrained(str(run.tokenizer_dir))
 
 
 # --- attention ------------------------------------------------------------------------------------
 
 
-def attention_maps(run: Run, features: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+def attention_maps(run: RunDir, features: dict[str, torch.Tensor]) -> list[torch.Tensor]:
     """The attention weights of one example (a batch of one, padded or not), one (heads, L, L) tensor per
     layer, trimmed to the real positions: any the model prepends (the transformer's pooling=cls vector)
     come first, then the tokens."""
@@ -275,7 +275,7 @@ def attention_maps(run: Run, features: dict[str, torch.Tensor]) -> list[torch.Te
     return [m[0, :, :keep, :keep].float() for m in maps]
 
 
-def has_attention(run: Run) -> bool:
+def has_attention(run: RunDir) -> bool:
     """Whether the run's model answers ``forward(..., return_attentions=True)``."""
     return run.model.attention_maps
 
@@ -389,7 +389,7 @@ def _png(fig: Any) -> bytes:
 
 
 def explain_to_files(
-    run: Run,
+    run: RunDir,
     inputs: list[str],
     out: Path,
     target: str | None = None,
@@ -418,7 +418,7 @@ def explain_to_files(
     return list(zip(explanations, written, strict=True))
 
 
-def _file_names(run: Run, inputs: list[str]) -> list[str]:
+def _file_names(run: RunDir, inputs: list[str]) -> list[str]:
     """text-1, text-2, ... for texts; each image's stem, numbered when two files share one."""
     if run.info.kind == "text":
         return [f"text-{i}" for i in range(1, len(inputs) + 1)]

@@ -31,11 +31,11 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, 
 from bigmodel.config import Config, apply_overrides, load_config, validate_config
 from bigmodel.data import BatchLoader, DataBundle
 from bigmodel.data.loader import Batch, move
-from bigmodel.engine.checkpoint import atomic_write
-from bigmodel.engine.device import autocast, cpu_has_native_bf16
+from bigmodel.device import autocast, cpu_has_native_bf16
 from bigmodel.engine.trainer import Trainer
 from bigmodel.errors import UserError
-from bigmodel.run import RunPaths, read_config
+from bigmodel.files import write_json
+from bigmodel.run import RunDir
 
 PEAK_CACHE = (
     Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bigmodel" / "matmul_peak.json"
@@ -215,7 +215,7 @@ def _bytes(value: float) -> str:
 
 def profile_source(
     target: str | Path | None, overrides: list[str] | tuple[str, ...] = (), batch_size: int | None = None
-) -> tuple[Config, RunPaths | None]:
+) -> tuple[Config, RunDir | None]:
     """The config to profile: the default (``target`` None), a YAML file, or a run directory's own
     (its tokenizer too); ``batch_size`` replaces ``train.batch_size``."""
     if batch_size is not None and batch_size < 1:
@@ -224,11 +224,11 @@ def profile_source(
     if target is None:
         return load_config(None, overrides), None
     path = Path(target)
-    if path.is_dir() and (path / "config.yaml").is_file():
-        raw = read_config(path)
-        cfg = validate_config(apply_overrides(raw, overrides))
+    run = RunDir(path)
+    if path.is_dir() and run.config_file.is_file():
+        cfg = validate_config(apply_overrides(run.raw_config(), overrides))
         cfg.name = cfg.name or path.name
-        return cfg, RunPaths(path)
+        return cfg, run
     if path.is_file() and path.suffix in (".yaml", ".yml"):
         return load_config(path, overrides), None
     what = "a directory without config.yaml" if path.is_dir() else "not a file" if not path.exists() else ""
@@ -528,7 +528,7 @@ def matmul_peak(
         return best_known, how
     known[key] = {"flops": flops, "size": size}
     with contextlib.suppress(OSError):  # a read-only home only costs a re-measurement next time
-        atomic_write(cache, lambda tmp: Path(tmp).write_text(json.dumps(known, indent=2) + "\n"))
+        write_json(cache, known)
     return flops, f"{size}² {dtype_name} matmul, {_threads(threads)}, measured now"
 
 

@@ -12,7 +12,6 @@ import base64
 import html
 import io
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from matplotlib.figure import Figure
 from bigmodel.data import DataBundle
 from bigmodel.evaluation.profile import forward_flops, si
 from bigmodel.evaluation.scoring import split_logits
-from bigmodel.run import Run, RunPaths, count_parameters, read_config, read_history, read_info, read_report
+from bigmodel.run import RunDir, count_parameters
 from bigmodel.tasks import Task, task_for
 from bigmodel.tasks.metrics import SUMMARY_KEYS, classification_metrics
 
@@ -45,65 +44,47 @@ SCALARS = {
 }
 
 
-@dataclass
-class RunFiles:
-    """What a run directory says about itself, read without loading the model; an unfinished run has no
-    report.json (empty here) and may have no epochs yet."""
-
-    root: Path
-    config: dict[str, Any]
-    config_text: str
-    task: Task | None  # None before data.json is written
-    history: list[dict[str, Any]]  # metrics.jsonl, one entry per epoch
-    report: dict[str, Any]
-
-    @classmethod
-    def read(cls, root: Path) -> RunFiles:
-        paths = RunPaths(root)
-        config = read_config(root)  # refuses a directory that is not a run
-        task = task_for(read_info(root)) if paths.data_info.is_file() else None
-        text = paths.config.read_text(encoding="utf-8")
-        return cls(root, config, text, task, read_history(root), read_report(root))
-
-    @property
-    def name(self) -> str:
-        return self.root.resolve().name
-
-    def series(self, key: str) -> list[tuple[int, float]]:
-        """(epoch, value) of one metrics.jsonl key, over the epochs that logged it."""
-        return [(m["epoch"], m[key]) for m in self.history if m.get(key) is not None]
+def series(history: list[dict[str, Any]], key: str) -> list[tuple[int, float]]:
+    """(epoch, value) of one metrics.jsonl key, over the epochs that logged it."""
+    return [(m["epoch"], m[key]) for m in history if m.get(key) is not None]
 
 
-def build_report(run: str | Path, out: Path | None = None, mistakes: int = 8) -> Path:
+def run_task(run: RunDir) -> Task | None:
+    """The run's task; None before data.json is written (a run that stopped while setting up)."""
+    return task_for(run.info) if run.data_file.is_file() else None
+
+
+def build_report(run: str | Path | RunDir, out: Path | None = None, mistakes: int = 8) -> Path:
     """Write the run's report page (default ``RUN/report.html``) and return its path."""
-    files = RunFiles.read(Path(run))
-    if files.task is not None and not files.task.classifier:  # no confusion, calibration or mistakes
-        model = Run.load(files.root).model
-        test = files.report.get("test", {})
-        sections = [_curves(files), _size(model, files, flops=None)]
+    run = run if isinstance(run, RunDir) else RunDir(run)
+    run.raw_config()  # refuses a directory that is not a run
+    task = run_task(run)
+    if task is not None and not task.classifier:  # no confusion, calibration or mistakes
+        test = run.results.get("test", {})
+        sections = [_curves(run, task), _size(run.model, run, flops=None)]
     else:
-        loaded, data, logits, labels = split_logits(files.root)
-        loaded.model.cpu()  # explanations run where Run.load puts a model
+        loaded, data, logits, labels = split_logits(run)
+        loaded.model.cpu()  # explanations run where RunDir loads a model
         test = classification_metrics(logits, labels, data.info.classes)
         first = data.eval_transform(data.split("test").take(slice(0, 1)).features, None)
         sections = [
-            _curves(files),
+            _curves(run, task),
             _test_metrics(test, data.info.classes),
             _calibration(test),
             _mistakes(loaded, data, logits, labels, mistakes),
-            _size(loaded.model, files, forward_flops(loaded.model, first)),
+            _size(loaded.model, run, forward_flops(loaded.model, first)),
         ]
-    out = out if out is not None else files.root / "report.html"
-    parts = [_header(files, test), _config(files), *sections]
-    out.write_text(page(f"{files.name} · bigmodel report", parts), encoding="utf-8")
+    out = out if out is not None else run.root / "report.html"
+    parts = [_header(run, task, test), _config(run), *sections]
+    out.write_text(page(f"{run.name} · bigmodel report", parts), encoding="utf-8")
     return out
 
 
 # ------------------------------------------------------------------------------------------ sections
 
 
-def _header(files: RunFiles, test: dict[str, Any]) -> str:
-    report, config = files.report, files.config
+def _header(run: RunDir, task: Task | None, test: dict[str, Any]) -> str:
+    report, config = run.results, run.raw_config()
     data = config["data"].get("name") or config["data"].get("path")
     precision = report.get("precision")
     facts = {
@@ -112,10 +93,10 @@ def _header(files: RunFiles, test: dict[str, Any]) -> str:
         "parameters": fmt(report.get("params"), ","),
         "train time": fmt(report.get("train_seconds"), ".0f", " s"),
         "device · precision": f"{report['device']} · {precision}" if precision else None,
-        "epochs (best)": f"{len(files.history)} ({report['best_epoch']})" if report else None,
+        "epochs (best)": f"{len(run.history)} ({report['best_epoch']})" if report else None,
     }
-    if test and files.task is not None:
-        facts |= {label: fmt(value, spec) for label, (value, spec) in files.task.facts(test).items()}
+    if test and task is not None:
+        facts |= {label: fmt(value, spec) for label, (value, spec) in task.facts(test).items()}
     cards = "".join(
         f'<div class="fact"><dt>{html.escape(k)}</dt><dd>{html.escape(str(v or "—"))}</dd></div>'
         for k, v in facts.items()
@@ -123,24 +104,29 @@ def _header(files: RunFiles, test: dict[str, Any]) -> str:
     written = datetime.now().strftime("%Y-%m-%d %H:%M")
     unfinished = "" if report else " · unfinished: no report.json"
     return (
-        f"<header><h1>{html.escape(files.name)}</h1>"
-        f'<p class="note">{html.escape(str(files.root.resolve()))} · written {written}{unfinished}</p>'
+        f"<header><h1>{html.escape(run.name)}</h1>"
+        f'<p class="note">{html.escape(str(run.root.resolve()))} · written {written}{unfinished}</p>'
         f'<dl class="facts">{cards}</dl></header>'
     )
 
 
-def _config(files: RunFiles) -> str:
-    return section("Config", f'<pre class="config">{html.escape(files.config_text)}</pre>')
+def _config(run: RunDir) -> str:
+    text = run.config_file.read_text(encoding="utf-8")
+    return section("Config", f'<pre class="config">{html.escape(text)}</pre>')
 
 
-def _curves(files: RunFiles) -> str:
+def _curves(run: RunDir, task: Task | None) -> str:
+    history = run.history
     panels = [
-        ("loss", [("train", files.series("train/loss")), ("val", files.series("val/loss"))]),
-        ("accuracy", [("train", files.series("train/accuracy")), ("val", files.series("val/accuracy"))]),
+        ("loss", [("train", series(history, "train/loss")), ("val", series(history, "val/loss"))]),
+        (
+            "accuracy",
+            [("train", series(history, "train/accuracy")), ("val", series(history, "val/accuracy"))],
+        ),
     ]
-    for key in files.task.extra_curves if files.task is not None else ():
-        panels.append((f"val {key}", [("val", files.series(f"val/{key}"))]))
-    best = files.report.get("best_epoch")
+    for key in task.extra_curves if task is not None else ():
+        panels.append((f"val {key}", [("val", series(history, f"val/{key}"))]))
+    best = run.results.get("best_epoch")
     note = f'<p class="note">dotted line: the best epoch ({best}), whose checkpoint is evaluated</p>'
     return section("Learning curves", line_figure(panels, best) + (note if best else ""))
 
@@ -233,7 +219,7 @@ def log_test_metrics(log_dir: Path, metrics: dict[str, Any], classes: list[str],
             writer.add_figure("test/reliability", reliability_figure(metrics), step)
 
 
-def _mistakes(run: Run, data: DataBundle, logits: torch.Tensor, labels: torch.Tensor, n: int) -> str:
+def _mistakes(run: RunDir, data: DataBundle, logits: torch.Tensor, labels: torch.Tensor, n: int) -> str:
     """The test examples the model got wrong with the most confidence, each explained toward the class
     it wrongly predicted: what in the input made it so sure."""
     from bigmodel.evaluation.explain import explain_features, image_heatmap_png, text_html
@@ -269,9 +255,9 @@ def _mistakes(run: Run, data: DataBundle, logits: torch.Tensor, labels: torch.Te
     return section(title, note + f'<div class="mistakes {data.info.kind}">{"".join(cards)}</div>')
 
 
-def _size(model: nn.Module, files: RunFiles, flops: int | None) -> str:
+def _size(model: nn.Module, run: RunDir, flops: int | None) -> str:
     params = count_parameters(model)
-    report = files.report
+    report = run.results
     rows = [
         ["parameters", f"{params:,}"],
         ["size (fp32, 4 bytes a parameter)", f"{params * 4 / 1e6:,.2f} MB"],

@@ -11,21 +11,23 @@ import torch.nn as nn
 
 from bigmodel.config import Config
 from bigmodel.data import BatchLoader, DataBundle, build_data
-from bigmodel.engine.device import resolve_device, resolve_precision
+from bigmodel.device import resolve_device, resolve_precision
 from bigmodel.engine.trainer import eval_loader
 from bigmodel.errors import UserError
-from bigmodel.run import Run, RunPaths
+from bigmodel.run import RunDir
 from bigmodel.tasks import task_for
 
 
-def run_data(cfg: Config, run: RunPaths | None) -> DataBundle:
+def run_data(cfg: Config, run: RunDir | None) -> DataBundle:
     """The data as the run saw it: an existing run's own tokenizer, never a retrained one."""
-    if run is not None and run.tokenizer.is_dir():
-        return build_data(cfg.data.model_copy(update={"tokenizer": str(run.tokenizer)}))
+    if run is not None and run.tokenizer_dir.is_dir():
+        return build_data(cfg.data.model_copy(update={"tokenizer": str(run.tokenizer_dir)}))
     return build_data(cfg.data)
 
 
-def split_logits(run: str | Path, split: str = "test") -> tuple[Run, DataBundle, torch.Tensor, torch.Tensor]:
+def split_logits(
+    run: str | Path | RunDir, split: str = "test"
+) -> tuple[RunDir, DataBundle, torch.Tensor, torch.Tensor]:
     """A classifier run's best checkpoint, its rebuilt data, and the logits and labels of one split: for
     tools that need more than the metrics (the report's mistakes and calibration)."""
     loaded, data, device, dtype = load_with_data(run)
@@ -34,10 +36,10 @@ def split_logits(run: str | Path, split: str = "test") -> tuple[Run, DataBundle,
     return loaded, data, logits, labels
 
 
-def load_with_data(run: str | Path) -> tuple[Run, DataBundle, torch.device, torch.dtype]:
+def load_with_data(run: str | Path | RunDir) -> tuple[RunDir, DataBundle, torch.device, torch.dtype]:
     """The best checkpoint, the data as it saw it, and the device and precision its config asks for."""
-    loaded = Run.load(run)
-    data = run_data(loaded.config, loaded.paths)
+    loaded = run if isinstance(run, RunDir) else RunDir(run)
+    data = run_data(loaded.config, loaded)
     if data.info.classes != loaded.info.classes:  # labels are positions in this list: order matters too
         unseen = [c for c in data.info.classes if c not in loaded.info.classes]
         raise UserError(

@@ -12,19 +12,16 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from collections.abc import Callable
 from typing import Any
 
 import torch.nn as nn
-from pydantic import ValidationError, validate_call
+from pydantic import ValidationError
 
 from bigmodel.config import ModelConfig, is_user_model
 from bigmodel.data.bundle import DataInfo
 from bigmodel.errors import UserError
+from bigmodel.models.registry import KIND, REGISTRY, Builder
 
-Builder = Callable[..., nn.Module]
-_REGISTRY: dict[str, Builder] = {}
-_KIND: dict[str, str] = {}  # model name → the kind of data it learns from (DataInfo.kind)
 _TASK = {
     "image": "classifies images",
     "text": "classifies text",
@@ -34,19 +31,9 @@ _TASK = {
 _DATA = {"image": "images", "text": "text to classify", "mlm": "masked-LM text", "clm": "causal-LM text"}
 
 
-def register_model(name: str, kind: str) -> Callable[[Builder], Builder]:
-    def add(fn: Builder) -> Builder:
-        _REGISTRY[name] = validate_call(fn, config={"arbitrary_types_allowed": True})
-        _REGISTRY[name].__signature__ = inspect.signature(fn)  # type: ignore[attr-defined]
-        _KIND[name] = kind
-        return fn
-
-    return add
-
-
 def list_models() -> list[str]:
     _load_families()
-    return sorted(_REGISTRY)
+    return sorted(REGISTRY)
 
 
 def model_settings(name: str) -> dict[str, Any]:
@@ -65,10 +52,10 @@ def build_model(cfg: ModelConfig, info: DataInfo) -> nn.Module:
 
         return build_user_model(cfg, info)
     builder = _builder(cfg.name)
-    if _KIND[cfg.name] != info.kind:
-        fitting = ", ".join(n for n in sorted(_REGISTRY) if _KIND[n] == info.kind)
+    if KIND[cfg.name] != info.kind:
+        fitting = ", ".join(n for n in sorted(REGISTRY) if KIND[n] == info.kind)
         raise UserError(
-            f"model {cfg.name!r} {_TASK[_KIND[cfg.name]]}, but the data is {_DATA[info.kind]}; "
+            f"model {cfg.name!r} {_TASK[KIND[cfg.name]]}, but the data is {_DATA[info.kind]}; "
             f"choose one of {fitting}"
         )
     allowed = model_settings(cfg.name)
@@ -90,11 +77,11 @@ def build_model(cfg: ModelConfig, info: DataInfo) -> nn.Module:
 
 def _builder(name: str) -> Builder:
     _load_families()
-    if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, _REGISTRY, n=1)
+    if name not in REGISTRY:
+        close = difflib.get_close_matches(name, REGISTRY, n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
-        raise UserError(f"unknown model.name={name!r}{hint}; choose one of {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name]
+        raise UserError(f"unknown model.name={name!r}{hint}; choose one of {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[name]
 
 
 def _load_families() -> None:

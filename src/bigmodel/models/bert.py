@@ -5,7 +5,7 @@ settings or loaded with ``from_pretrained`` (a directory saved with ``save_pretr
 and it is checked against the data's tokenizer before anything trains. ``encoder`` picks the kind built
 at random: ``bert`` (``BertModel``, the original: post-LN, learned absolute positions) or
 ``modernbert`` (``ModernBertModel``: pre-LN, rotary positions, gated GELU, no biases), which learns
-to use its context in far fewer masked-LM steps (README, Pretraining). Same contract as the other text
+to use its context in far fewer masked-LM steps (docs/pretraining.md). Same contract as the other text
 models: ``forward(input_ids, attention_mask)`` → a ``ModelOutput`` with logits (B, classes);
 ``embeddings`` is the word embedding, and ``return_attentions=True`` adds the attention weights of every
 layer.
@@ -21,8 +21,8 @@ import torch.nn as nn
 
 from bigmodel.data.bundle import DataInfo
 from bigmodel.errors import UserError
-from bigmodel.models import register_model
 from bigmodel.models.output import Model, ModelOutput
+from bigmodel.models.registry import register_model
 
 ENCODERS = ("bert", "modernbert")
 

@@ -142,9 +142,44 @@ def build_user_model(cfg: ModelConfig, info: DataInfo) -> nn.Module:
     return model
 
 
+_GIVEN: dict[str, Any] = {}  # model.name → the class or builder handed to bigmodel.train or load
+
+
+def give_user_model(target: Any, name: str | None = None) -> str:
+    """Remember a class or builder handed over in Python (``bigmodel.train(model=...)``) and return the
+    ``model.name`` that finds it again: ``package.module:Name``, or ``path/to/file.py:Name`` for a
+    script's or a user file's own. A notebook's has no file: it is ``__main__:Name``, found only in
+    this process or when handed to ``bigmodel.load`` again. ``name`` (a run's recorded one) overrides."""
+    if isinstance(target, nn.Module):
+        raise UserError(
+            f"model= takes the class or a function that builds it, not an instance of "
+            f"{type(target).__name__}: the run rebuilds the model to load its checkpoints "
+            "(set its arguments as model.<name>=value overrides)"
+        )
+    if not callable(target) or not hasattr(target, "__module__") or not hasattr(target, "__name__"):
+        raise UserError(
+            f"model= must be an nn.Module subclass or a function that returns one, got {target!r}"
+        )
+    if name is None:
+        module = sys.modules.get(target.__module__)
+        file = getattr(module, "__file__", None)
+        scripted = target.__module__ == "__main__" or target.__module__.startswith("bigmodel_user_")
+        where = file if scripted and file else target.__module__
+        name = f"{where}:{target.__name__}"
+    _GIVEN[name] = target
+    return name
+
+
 def load_user_model(name: str) -> Any:
     """The class or function that ``model.name`` names, imported from its file or module."""
+    if name in _GIVEN:
+        return _GIVEN[name]
     target, _, attr = name.rpartition(":")
+    if target == "__main__":
+        raise UserError(
+            f"model.name={name} was defined in a notebook or an interactive session: load the run with "
+            f"bigmodel.load(RUN, model={attr}), or move {attr} into a file and set model.name=file.py:{attr}"
+        )
     module = _import_file(name, Path(target)) if is_model_file(target) else _import_module(name, target)
     if not hasattr(module, attr):
         where = Path(target).name if is_model_file(target) else target

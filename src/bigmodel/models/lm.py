@@ -16,9 +16,9 @@ import torch
 import torch.nn as nn
 
 from bigmodel.data.bundle import DataInfo
-from bigmodel.models import register_model
 from bigmodel.models.bert import check_fits, check_heads, encoder_config, load_pretrained, untrained
 from bigmodel.models.output import Model, ModelOutput
+from bigmodel.models.registry import register_model
 
 
 class LanguageModel(Model):

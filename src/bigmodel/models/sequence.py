@@ -22,8 +22,8 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from bigmodel.data.bundle import DataInfo
 from bigmodel.errors import UserError
-from bigmodel.models import register_model
 from bigmodel.models.output import Model, ModelOutput
+from bigmodel.models.registry import register_model
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -12,8 +12,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bigmodel.data.bundle import DataInfo
-from bigmodel.models import register_model
 from bigmodel.models.output import Model, ModelOutput
+from bigmodel.models.registry import register_model
 
 
 class MLP(Model):

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from bigmodel.data.bundle import IGNORE, DataInfo
 from bigmodel.data.loader import BatchLoader, move
-from bigmodel.engine.device import autocast
+from bigmodel.device import autocast
 from bigmodel.errors import UserError
 from bigmodel.models.output import ModelOutput, as_output
 from bigmodel.tasks.metrics import (
@@ -70,6 +70,7 @@ class Task:
     def eval_batch_size(self) -> int:
         raise NotImplementedError
 
+    @torch.inference_mode()
     def evaluate(
         self,
         model: nn.Module,
@@ -78,8 +79,26 @@ class Task:
         dtype: torch.dtype,
         channels_last: bool = False,
     ) -> Any:
-        """This process's share of a split's evaluation; ``metrics`` turns every process's share into
-        the split's metrics."""
+        """This process's share of a split's evaluation (``batch_result`` of every batch, combined by
+        ``share``); ``metrics`` turns every process's share into the split's metrics. The model runs in
+        eval mode under autocast, its mode restored afterwards."""
+        was_training = model.training
+        model.eval()
+        results = []
+        try:
+            for batch in loader:
+                batch = move(batch, device, channels_last)
+                labels = batch.pop("labels")
+                with autocast(device, dtype):
+                    results.append(self.batch_result(self.output(model, batch), labels))
+        finally:
+            model.train(was_training)
+        return self.share(results)
+
+    def batch_result(self, out: ModelOutput, labels: torch.Tensor) -> Any:
+        raise NotImplementedError
+
+    def share(self, results: list[Any]) -> Any:
         raise NotImplementedError
 
     def metrics(self, shares: list[Any]) -> dict[str, Any]:
@@ -106,31 +125,15 @@ class Classification(Task):
     def eval_batch_size(self) -> int:
         return 1024
 
-    @torch.inference_mode()
-    def evaluate(
-        self,
-        model: nn.Module,
-        loader: BatchLoader,
-        device: torch.device,
-        dtype: torch.dtype,
-        channels_last: bool = False,
-    ) -> Any:
+    def batch_result(self, out: ModelOutput, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits (float32, on the CPU) and labels, in order."""
-        was_training = model.training
-        model.eval()
-        logits, labels = [], []
-        for batch in loader:
-            batch = move(batch, device, channels_last)
-            labels.append(batch.pop("labels").cpu())
-            with autocast(device, dtype):
-                logits.append(self.output(model, batch).logits.float().cpu())
-        model.train(was_training)
-        return torch.cat(logits), torch.cat(labels)
+        return out.logits.float().cpu(), labels.cpu()
+
+    def share(self, results: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.cat([r[0] for r in results]), torch.cat([r[1] for r in results])
 
     def metrics(self, shares: list[Any]) -> dict[str, Any]:
-        logits = torch.cat([share[0] for share in shares])
-        labels = torch.cat([share[1] for share in shares])
-        return classification_metrics(logits, labels, self.info.classes)
+        return classification_metrics(*self.share(shares), self.info.classes)
 
     def summary_line(self, test: dict[str, Any]) -> str:
         return (
@@ -171,31 +174,16 @@ class LanguageModelling(Task):
         per_block = self.info.input_shape[0] * self.info.vocab_size
         return max(1, min(1024, LOGITS_PER_EVAL_BATCH // per_block))
 
-    @torch.inference_mode()
-    def evaluate(
-        self,
-        model: nn.Module,
-        loader: BatchLoader,
-        device: torch.device,
-        dtype: torch.dtype,
-        channels_last: bool = False,
-    ) -> torch.Tensor:
+    def batch_result(self, out: ModelOutput, labels: torch.Tensor) -> torch.Tensor:
         """Summed loss, predicted tokens and correct predictions: the logits, one row per token, are far
         too many to keep."""
-        was_training = model.training
-        model.eval()
-        sums = torch.zeros(3, dtype=torch.float64)
-        for batch in loader:
-            batch = move(batch, device, False)
-            labels = batch.pop("labels")
-            with autocast(device, dtype):
-                out = self.output(model, batch)
-                sums += language_model_sums(out.logits, self.targets(out, labels))
-        model.train(was_training)
-        return sums
+        return language_model_sums(out.logits, self.targets(out, labels))
+
+    def share(self, results: list[Any]) -> torch.Tensor:
+        return torch.stack(results).sum(0)
 
     def metrics(self, shares: list[Any]) -> dict[str, Any]:
-        return language_model_metrics(torch.stack(shares).sum(0))
+        return language_model_metrics(self.share(shares))
 
     def summary_line(self, test: dict[str, Any]) -> str:
         return (

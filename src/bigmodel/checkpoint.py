@@ -14,13 +14,9 @@ checksums match and says which damaged ones it passed over.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import re
 import sys
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,32 +27,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from bigmodel.errors import UserError
+from bigmodel.files import atomic_write, sha256, write_json
 
 STEP_TAG = re.compile(r"^step-(\d+)$")
 
 
 class CheckpointWriteError(UserError):
     """The disk refused a checkpoint (full, quota, I/O error); earlier checkpoints are untouched."""
-
-
-def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)``, fsync, then rename onto ``path``; on failure ``path`` is untouched."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def sha256(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 @dataclass(frozen=True)
@@ -114,7 +91,7 @@ def save_checkpoint(
         else:
             ckpt.state.unlink(missing_ok=True)  # a best checkpoint replaced by one without state
         manifest = {"sha256": {p.name: sha256(p) for p in written}, **info}
-        atomic_write(ckpt.manifest, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=1)))
+        write_json(ckpt.manifest, manifest, indent=1)
     except (OSError, RuntimeError, SafetensorError) as exc:  # torch and safetensors wrap the OSError
         reason = " ".join(str(exc).split())[:200]
         raise CheckpointWriteError(
