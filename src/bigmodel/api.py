@@ -19,6 +19,7 @@ import torch.nn as nn
 from bigmodel.checkpoint import latest_good_checkpoint, load_state, load_weights, step_checkpoints
 from bigmodel.config import Config, apply_overrides, load_config, validate_config
 from bigmodel.data import DataBundle
+from bigmodel.deploy import batch
 from bigmodel.device import seed_everything
 from bigmodel.engine.callbacks import Checkpoints, EarlyStopping, MetricsJsonl, ProgressBar, TensorBoard
 from bigmodel.engine.distributed import close_world, is_peer_failure, leave_together
@@ -54,6 +55,9 @@ class Run(RunDir):
 
     def generate(self, prompt: str, **options: Any) -> str:
         return generate(self, prompt, **options)
+
+    def export(self, out: str | Path | None = None, **options: Any) -> tuple[Path, dict[str, Any]]:
+        return export(self, out, **options)
 
 
 def load(run: str | Path, model: Any = None, checkpoint: str = "best") -> Run:
@@ -250,23 +254,35 @@ def evaluate(run: str | Path | RunDir, split: str = "test") -> dict[str, Any]:
 def predict(run: str | Path | RunDir, inputs: list[str], top_k: int = 3) -> list[dict[str, Any]]:
     """Top-k classes with probabilities for each input: image files for image runs, texts for text runs."""
     loaded = _loaded(run)
-    task = task_for(loaded.info)
-    task.require_classifier(loaded.root, "predict")
-    features = loaded.encode(inputs)
-    with torch.inference_mode():
-        probs = torch.softmax(task.output(loaded.model, features).logits.float(), dim=1)
-    k = min(top_k, probs.shape[1])
-    top = probs.topk(k, dim=1)
-    return [
-        {
-            "input": name,
-            "top": [
-                {"class": loaded.info.classes[int(i)], "probability": float(p)}
-                for p, i in zip(top.values[row], top.indices[row], strict=True)
-            ],
-        }
-        for row, name in enumerate(inputs)
-    ]
+    task_for(loaded.info).require_classifier(loaded.root, "predict")
+    tops = batch.top_classes(loaded, loaded.encode(inputs), top_k)
+    return [{"input": name, "top": top} for name, top in zip(inputs, tops, strict=True)]
+
+
+def predict_file(
+    run: str | Path | RunDir,
+    source: str | Path,
+    output: str | Path,
+    top_k: int = 3,
+    batch_size: int = batch.BATCH_SIZE,
+    progress: bool = True,
+) -> batch.BatchSummary:
+    """``predict`` for inputs of any number, in batches with bounded memory: every text of a CSV, TSV or
+    JSONL file (a text run; the run's ``data.text_column``, an ``id`` column naming each) or every image
+    under a folder (an image run; named by its path), one JSON line each, ``{"id": ..., "top": [...]}``,
+    into ``output``, which is written whole or not at all."""
+    return batch.predict_file(_loaded(run), Path(source), Path(output), top_k, batch_size, progress)
+
+
+def export(
+    run: str | Path | RunDir, out: str | Path | None = None, fmt: str = "onnx", quantize: str | None = None
+) -> tuple[Path, dict[str, Any]]:
+    """The run's best model as ONNX in ``out`` (default ``RUN/export``), behind a parity gate against
+    PyTorch; ``quantize="int8"`` adds an int8 model with the test accuracy before and after. Returns the
+    directory and its export.json."""
+    from bigmodel.deploy.export import export_run
+
+    return export_run(_loaded(run), out, fmt, quantize)
 
 
 def profile(

@@ -88,6 +88,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="*", metavar="IMAGE")
     p.add_argument("--text", action="append", default=[], help="a text to classify (repeatable)")
     p.add_argument("--file", help="a UTF-8 file of texts, one per line")
+    p.add_argument(
+        "--input",
+        metavar="FILE|DIR",
+        help="predict in batches: a CSV, TSV or JSONL file of texts (column data.text_column; ids from an "
+        "'id' column, else row or line numbers) or a folder of images (recursively); needs --output",
+    )
+    p.add_argument(
+        "--output", metavar="FILE", help="with --input: the JSON Lines file to write, one line each"
+    )
+    p.add_argument(
+        "--batch-size", type=int, metavar="N", help="with --input: inputs per batch (default: 256)"
+    )
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_predict)
@@ -102,6 +114,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--target", metavar="CLASS", help="the class to explain (default: the predicted one)")
     p.add_argument("--steps", type=int, default=64, help="integrated gradients' interpolation steps")
     p.set_defaults(handler=_explain)
+
+    p = sub.add_parser("export", help="a classifier as ONNX for onnxruntime, checked against PyTorch")
+    p.add_argument("run")
+    p.add_argument("--format", choices=["onnx"], default="onnx")
+    p.add_argument(
+        "--quantize", choices=["int8"], help="also an int8 model, with test accuracy before and after"
+    )
+    p.add_argument("-o", "--out", help="the export directory (default: RUN/export)")
+    p.set_defaults(handler=_export)
 
     p = sub.add_parser("report", help="one self-contained HTML page of a run: curves, metrics, mistakes")
     p.add_argument("run")
@@ -250,6 +271,10 @@ def _predict(args: argparse.Namespace) -> int:
 
     if args.top_k < 1:
         raise UserError(f"--top-k must be at least 1, got {args.top_k}")
+    if args.input is not None:
+        return _predict_file(args)
+    if args.output is not None or args.batch_size is not None:
+        raise UserError("--output and --batch-size go with --input FILE|DIR")
     inputs, are_texts = _inputs(args, "predict")
     results = api.predict(args.run, inputs, args.top_k)
     if args.json:
@@ -258,6 +283,28 @@ def _predict(args: argparse.Namespace) -> int:
     for result in results:
         ranked = "  ".join(f"{t['class']} {t['probability']:.3f}" for t in result["top"])
         print(f"{_shown(result['input'], are_texts)}: {ranked}")
+    return 0
+
+
+def _predict_file(args: argparse.Namespace) -> int:
+    import signal
+
+    from bigmodel import api
+
+    if args.inputs or args.text or args.file:
+        raise UserError(
+            "--input reads every input from FILE|DIR; give it without image files, --text or --file"
+        )
+    if args.output is None:
+        raise UserError(
+            "--input needs --output FILE, the JSON Lines file to write (e.g. --output preds.jsonl)"
+        )
+    options = {} if args.batch_size is None else {"batch_size": args.batch_size}
+    try:
+        summary = api.predict_file(args.run, args.input, args.output, args.top_k, **options)
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted; {args.output} was not written", signal.SIGINT) from None
+    print(f"{summary.output}: {summary.predicted:,} predictions ({summary.per_second:,.0f} inputs/s)")
     return 0
 
 
@@ -291,6 +338,33 @@ def _read_lines(path: Path) -> list[str]:
     if not texts:
         raise UserError(f"--file {path} has no non-empty lines")
     return texts
+
+
+def _export(args: argparse.Namespace) -> int:
+    from bigmodel import api
+
+    out, record = api.export(args.run, args.out, args.format, args.quantize)
+    parity = record["parity"]
+    print(
+        f"onnx ({record['exporter']} exporter, opset {record['opset']}): max |Δlogit| against PyTorch "
+        f"{parity['max_abs_logit_diff']:.2g}, argmax agreement {parity['argmax_agreement']:.2%} "
+        f"at inputs {' and '.join('x'.join(map(str, s)) for s in parity['inputs'])}"
+    )
+    if "quantization" in record:
+        q = record["quantization"]
+        sizes = record["size_bytes"]
+        print(
+            f"int8: test accuracy {q['test_accuracy_fp32']:.4f} -> {q['test_accuracy_int8']:.4f} "
+            f"({q['test_accuracy_change_points']:+.2f} points), {sizes['model.onnx'] / 1e6:.2f} MB -> "
+            f"{sizes['model.int8.onnx'] / 1e6:.2f} MB" + (f"; {q['note']}" if "note" in q else "")
+        )
+    if "hf" in record:
+        hf = record["hf"]
+        print(
+            f"hf: {hf['unsupported']}" if "unsupported" in hf else f"hf: {out / hf['directory']}  (pipeline)"
+        )
+    print(f"export: {out}")
+    return 0
 
 
 def _report(args: argparse.Namespace) -> int:

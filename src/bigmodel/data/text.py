@@ -115,29 +115,40 @@ def build_text_data(cfg: DataConfig) -> DataBundle:
 def prepare_texts(texts: list[str], tokenizer_dir: Path, info: DataInfo) -> dict[str, torch.Tensor]:
     """Encode new texts exactly as the run's training texts were, ready for ``model(**features)``:
     the saved tokenizer and ``info`` (the max_length used) fix everything, so predictions cannot drift."""
+    tokenizer = run_tokenizer(tokenizer_dir)
+    if not texts:
+        raise UserError("no texts to predict; give at least one text")
+    features, truncated = encode_texts(texts, tokenizer, info)
+    _warn_truncated(truncated, len(texts), info.input_shape[0])
+    return features
+
+
+def run_tokenizer(tokenizer_dir: Path) -> Any:
+    """A run's saved tokenizer, loaded once for any number of ``encode_texts`` calls."""
     tokenizer_dir = Path(tokenizer_dir)
     if not tokenizer_dir.is_dir():
         raise UserError(f"the run has no tokenizer at {tokenizer_dir}; was it trained on text data?")
-    if not texts:
-        raise UserError("no texts to predict; give at least one text")
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = _ready(AutoTokenizer.from_pretrained(str(tokenizer_dir)), str(tokenizer_dir))
+        return _ready(AutoTokenizer.from_pretrained(str(tokenizer_dir)), str(tokenizer_dir))
     except (OSError, ValueError) as exc:
         reason = " ".join(str(exc).split())[:300]
         raise UserError(f"cannot load the run's tokenizer from {tokenizer_dir}: {reason}") from None
-    cleaned = [_clean(t) for t in texts]
+
+
+def encode_texts(texts: list[str], tokenizer: Any, info: DataInfo) -> tuple[dict[str, torch.Tensor], int]:
+    """``prepare_texts`` with the run's tokenizer already loaded (batch prediction calls it per batch):
+    the features and how many texts were truncated, left to the caller to report."""
+    cleaned = [clean_text(t) for t in texts]
     for i, text in enumerate(cleaned, start=1):
         if not text:
             raise UserError(f"text {i} of {len(cleaned)} is empty; give texts with words in them")
-    max_length = info.input_shape[0]
-    features, truncated = encode(tokenizer, cleaned, max_length)
-    _warn_truncated(truncated, len(cleaned), max_length)
-    return TextTransform()(features)
+    features, truncated = encode(tokenizer, cleaned, info.input_shape[0])
+    return TextTransform()(features), truncated
 
 
-def _clean(text: str) -> str:
+def clean_text(text: str) -> str:
     """HTML line breaks (IMDB is full of ``<br />``) become spaces; runs of whitespace become one."""
     return " ".join(_LINE_BREAK.sub(" ", text).split())
 
@@ -235,14 +246,7 @@ def _jsonl_records(content: str, path: Path, columns: tuple[str, ...]) -> Iterat
     for line_no, line in enumerate(content.split("\n"), start=1):
         if not line.strip():
             continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(
-                f"line {line_no} of {path} is not JSON ({exc.msg}); each line must be one object"
-            ) from None
-        if not isinstance(obj, dict):
-            raise UserError(f"line {line_no} of {path} holds a JSON {type(obj).__name__}, not an object")
+        obj = json_object(line, line_no, path)
         for column in columns:
             if column not in obj:
                 raise UserError(
@@ -252,6 +256,19 @@ def _jsonl_records(content: str, path: Path, columns: tuple[str, ...]) -> Iterat
         yield line_no, tuple(obj[c] for c in columns)
 
 
+def json_object(line: str, line_no: int, path: Path) -> dict[str, Any]:
+    """One line of a JSONL file, the object it must hold; anything else is an error naming the line."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise UserError(
+            f"line {line_no} of {path} is not JSON ({exc.msg}); each line must be one object"
+        ) from None
+    if not isinstance(obj, dict):
+        raise UserError(f"line {line_no} of {path} holds a JSON {type(obj).__name__}, not an object")
+    return obj
+
+
 def _to_table(records: list[Record], path: Path, source: str) -> _Table:
     texts: list[str] = []
     keys: list[str] = []
@@ -259,7 +276,7 @@ def _to_table(records: list[Record], path: Path, source: str) -> _Table:
     for line, (text, label) in records:
         if text is not None and not isinstance(text, str):
             raise UserError(f"line {line} of {path}: the text is a {type(text).__name__}, not a string")
-        cleaned = _clean(text or "")
+        cleaned = clean_text(text or "")
         if not cleaned:
             skipped += 1
             continue

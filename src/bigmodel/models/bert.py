@@ -13,6 +13,7 @@ layer.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ POOLINGS = ("cls", "mean")
 
 class BertClassifier(Model):
     attention_maps = True
+    hf_classifier_family = True
 
     def __init__(self, bert: Any, classes: int, dropout: float, pooling: str = "cls"):
         super().__init__()
@@ -85,6 +87,28 @@ class BertClassifier(Model):
             self.bert.set_attn_implementation(previous)
         logits = self.head(self.dropout(self.pooled(out, attention_mask)))
         return ModelOutput(logits=logits, attentions=list(out.attentions))  # each (B, heads, L, L)
+
+    def hf_classifier(self, classes: list[str]) -> Any:
+        """BERT with ``[CLS]`` pooling through its own pooler is ``BertForSequenceClassification``
+        exactly: the encoder's weights, and the head as its ``classifier``. ModernBERT's classifier
+        pools through a GELU and LayerNorm head, and no transformers BERT mean-pools, so those have none."""
+        from transformers import BertForSequenceClassification, BertModel
+
+        if not isinstance(self.bert, BertModel) or self.pooling != "cls" or self.pooler is not None:
+            what = f"{type(self.bert).__name__} with {self.pooling} pooling"
+            raise UserError(
+                f"no transformers sequence classifier computes {what} as bigmodel does (only BERT with its "
+                "own [CLS] pooler does); use the ONNX model"
+            )
+        config = copy.deepcopy(self.bert.config)
+        config.num_labels = len(classes)
+        config.id2label = dict(enumerate(classes))
+        config.label2id = {name: i for i, name in enumerate(classes)}
+        config.problem_type = "single_label_classification"
+        hf = BertForSequenceClassification(config)
+        hf.bert.load_state_dict(self.bert.state_dict())
+        hf.classifier.load_state_dict(self.head.state_dict())
+        return hf.eval()
 
 
 def load_pretrained(name: str, kind: Any = None) -> Any:

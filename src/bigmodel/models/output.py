@@ -6,11 +6,13 @@ that tracing for TensorBoard, DDP, ``torch.compile`` and FSDP all see a structur
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
 from transformers.utils import ModelOutput as HFModelOutput
+
+from bigmodel.errors import UserError
 
 
 @dataclass
@@ -36,8 +38,15 @@ class Model(nn.Module):
 
     attention_maps: ClassVar[bool] = False  # forward(..., return_attentions=True) fills ``attentions``
     exports_hf: ClassVar[bool] = False  # ``self.hf`` is a transformers model, saved to RUN/hf
+    hf_classifier_family: ClassVar[bool] = False  # ``hf_classifier`` may give a transformers equivalent
 
     def embedding_layers(self) -> list[nn.Module]:
         """Where a text's attributions are computed: its token embeddings (``self.embeddings``), and any
         other embedding that reads the token ids."""
         return [self.embeddings]
+
+    def hf_classifier(self, classes: list[str]) -> Any:
+        """The same network as a transformers ``...ForSequenceClassification`` with ``id2label``, for
+        ``pipeline("text-classification")``; a ``UserError`` saying why where no transformers class
+        computes what this model does."""
+        raise UserError(f"no transformers class computes {type(self).__name__}")

@@ -1,0 +1,1 @@
+"""Taking a trained model out of bigmodel: ONNX export and batch prediction."""
