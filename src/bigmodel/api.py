@@ -372,6 +372,33 @@ def generate(
     return tokenizer.decode(out[0], skip_special_tokens=True)
 
 
+def serve(
+    run: str | Path | RunDir,
+    backend: str = "torch",
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    token: str | None = None,
+    max_batch: int = 64,
+    max_wait_ms: float = 0.0,
+    max_inputs: int = 64,
+    max_body_mb: float = 8.0,
+    on_ready: Any = None,
+) -> None:
+    """Serve the run over HTTP (FastAPI on uvicorn; routes in ``bigmodel.deploy.serve``) until Ctrl-C.
+    ``backend``: ``torch`` or ``onnx`` (exported first if ``RUN/export`` has no export); ``token``
+    (default: the environment's ``BIGMODEL_TOKEN``) guards every route but /health; ``on_ready(url)`` is
+    called once the warm-up inference has run. Mistakes in the run or the settings are raised before the
+    port is bound."""
+    import os
+
+    from bigmodel.deploy.serve import ServeSettings, create_app, run_server
+
+    token = token if token is not None else os.environ.get("BIGMODEL_TOKEN") or None
+    settings = ServeSettings(max_batch, max_wait_ms, max_inputs, max_body_mb, token=token)
+    app = create_app(run, backend, settings, generate=generate)
+    run_server(app, host, port, on_ready)
+
+
 def _loaded(run: str | Path | RunDir) -> RunDir:
     """A run as given (its model loaded once), or a directory's, with the model on the CPU, where
     predict, explain and generate encode their inputs (evaluate may have moved it to a GPU)."""

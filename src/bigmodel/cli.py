@@ -124,6 +124,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", help="the export directory (default: RUN/export)")
     p.set_defaults(handler=_export)
 
+    p = sub.add_parser("serve", help="serve a run over HTTP: predict, explain, generate (FastAPI)")
+    p.add_argument("run")
+    p.add_argument("--backend", default="torch", help="torch (default) or onnx (exported first if need be)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0: any free one)")
+    p.add_argument("--token", help="require Authorization: Bearer TOKEN (default: $BIGMODEL_TOKEN, if set)")
+    p.add_argument("--max-batch", type=int, default=64, help="inputs per forward pass (default: 64)")
+    p.add_argument(
+        "--max-wait-ms", type=float, default=0.0, help="wait this long to gather a batch (default: 0)"
+    )
+    p.add_argument("--max-inputs", type=int, default=64, help="inputs per request (default: 64)")
+    p.add_argument("--max-body-mb", type=float, default=8.0, help="request body limit (default: 8)")
+    p.set_defaults(handler=_serve)
+
     p = sub.add_parser("report", help="one self-contained HTML page of a run: curves, metrics, mistakes")
     p.add_argument("run")
     p.add_argument("-o", "--out", help="the HTML file (default: RUN/report.html)")
@@ -364,6 +378,27 @@ def _export(args: argparse.Namespace) -> int:
             f"hf: {hf['unsupported']}" if "unsupported" in hf else f"hf: {out / hf['directory']}  (pipeline)"
         )
     print(f"export: {out}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from bigmodel import api
+
+    def ready(url: str) -> None:
+        print(f"serving {args.run} at {url} (docs: {url}/docs; Ctrl-C stops)", flush=True)
+
+    api.serve(
+        args.run,
+        args.backend,
+        args.host,
+        args.port,
+        args.token,
+        args.max_batch,
+        args.max_wait_ms,
+        args.max_inputs,
+        args.max_body_mb,
+        on_ready=ready,
+    )
     return 0
 
 

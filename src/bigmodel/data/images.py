@@ -9,6 +9,7 @@ file becomes a ``UserError`` that names the file and says what was expected.
 from __future__ import annotations
 
 import gzip
+import io
 import math
 import zipfile
 import zlib
@@ -20,7 +21,7 @@ from PIL import Image, UnidentifiedImageError
 
 from bigmodel.errors import UserError
 
-__all__ = ["read_idx", "load_idx_split", "load_image_folder", "load_npz", "load_digits"]
+__all__ = ["decode_image", "read_idx", "load_idx_split", "load_image_folder", "load_npz", "load_digits"]
 
 # IDX type codes (third magic byte); all multi-byte values are big-endian.
 _IDX_DTYPES: dict[int, np.dtype] = {
@@ -167,18 +168,37 @@ def load_idx_split(images: Path, labels: Path) -> tuple[np.ndarray, np.ndarray]:
 # ------------------------------------------------------------------------------------ image folder
 
 
-def _read_image(file: Path, mode: str | None, target: tuple[int, int] | None) -> np.ndarray:
-    """Decode one file to (H, W) or (H, W, 3) uint8; with mode None the image's own colourfulness decides."""
+class ImageTooLarge(UserError):
+    """An image whose header declares more pixels than the budget: refused before it is decoded (a
+    decompression bomb is a few kilobytes that decode to gigabytes)."""
+
+
+def _read_image(
+    file: Path | BinaryIO,
+    mode: str | None,
+    target: tuple[int, int] | None,
+    name: str | None = None,
+    max_pixels: int | None = None,
+) -> np.ndarray:
+    """Decode one file to (H, W) or (H, W, 3) uint8; with mode None the image's own colourfulness decides.
+    ``name`` is what messages call it (default: the file); ``max_pixels`` refuses larger images unread."""
+    name = name or str(file)
     try:
         with Image.open(file) as im:
+            if max_pixels is not None and im.width * im.height > max_pixels:
+                raise ImageTooLarge(
+                    f"image {name} is {im.width}x{im.height} pixels, more than the {max_pixels:,} allowed"
+                )
             want = mode or ("L" if im.mode in _GREY_MODES else "RGB")
             img = im.convert(want) if im.mode != want else im
             if target is not None and img.size != target:
                 img = img.resize(target, Image.Resampling.BILINEAR)
             return np.asarray(img)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        reason = str(e) or type(e).__name__
-        raise UserError(f"cannot read image {file}: {reason}") from None
+    except Image.DecompressionBombError as e:
+        raise ImageTooLarge(f"image {name} is too large to decode: {e}") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        reason = "not an image format Pillow reads" if isinstance(e, UnidentifiedImageError) else str(e)
+        raise UserError(f"cannot read image {name}: {reason or type(e).__name__}") from None
 
 
 def read_image(file: str | Path, height: int, width: int, channels: int) -> np.ndarray:
@@ -186,7 +206,32 @@ def read_image(file: str | Path, height: int, width: int, channels: int) -> np.n
     file = Path(file)
     if not file.is_file():
         raise UserError(f"image {file} does not exist; give the path of a PNG or JPEG file")
-    arr = _read_image(file, "L" if channels == 1 else "RGB", (width, height))
+    return _shaped(file, height, width, channels)
+
+
+def decode_image(
+    data: bytes,
+    height: int,
+    width: int,
+    channels: int,
+    name: str = "(bytes)",
+    max_pixels: int | None = None,
+) -> np.ndarray:
+    """``read_image`` for an image file's bytes (an upload): decoded, converted and resized exactly as
+    ``read_image`` does. ``name`` is what messages call it; an image of more than ``max_pixels`` pixels
+    (or one Pillow takes for a decompression bomb) raises ``ImageTooLarge`` before it is decoded."""
+    return _shaped(io.BytesIO(data), height, width, channels, name, max_pixels)
+
+
+def _shaped(
+    source: Path | BinaryIO,
+    height: int,
+    width: int,
+    channels: int,
+    name: str | None = None,
+    max_pixels: int | None = None,
+) -> np.ndarray:
+    arr = _read_image(source, "L" if channels == 1 else "RGB", (width, height), name, max_pixels)
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 

@@ -60,11 +60,19 @@ class BatchSummary:
 def top_classes(run: RunDir, features: dict[str, torch.Tensor], top_k: int) -> list[list[dict[str, Any]]]:
     """The ``top_k`` likeliest classes of each encoded input, best first, with their probabilities (a
     float32 softmax): what ``bigmodel predict`` prints and batch prediction writes."""
-    task = task_for(run.info)
+    return ranked_classes(model_logits(run, features), run.info.classes, top_k)
+
+
+def model_logits(run: RunDir, features: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The float32 logits of the run's model for encoded inputs, in inference mode."""
     with torch.inference_mode():
-        probs = torch.softmax(task.output(run.model, features).logits.float(), dim=1)
+        return task_for(run.info).output(run.model, features).logits.float()
+
+
+def ranked_classes(logits: torch.Tensor, classes: list[str], top_k: int) -> list[list[dict[str, Any]]]:
+    """``top_classes`` from logits, whichever runtime computed them (PyTorch, onnxruntime)."""
+    probs = torch.softmax(logits.float(), dim=1)
     top = probs.topk(min(top_k, probs.shape[1]), dim=1)
-    classes = run.info.classes
     return [
         [{"class": classes[i], "probability": p} for p, i in zip(values, indices, strict=True)]
         for values, indices in zip(top.values.tolist(), top.indices.tolist(), strict=True)
