@@ -1,15 +1,21 @@
-"""Shared fixtures and helpers: a small trained run on scikit-learn's digits, reused by the tests that read
-runs, and the data, arguments and process helpers that several test modules use."""
+"""Shared fixtures and helpers: small trained runs (scikit-learn's digits, reviews), reused by the tests that
+read runs; the data, arguments and process helpers that several test modules use; a real server on
+127.0.0.1, headless Chromium, and a virtual environment without torch for the README's onnxruntime lines."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
 import random
+import re
 import subprocess
 import sys
+import threading
 import time
+import venv
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,7 +25,9 @@ import torch
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
 
+ROOT = Path(__file__).resolve().parents[1]
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 DIGITS_ARGS = [
     "data.name=digits",
     "model.name=cnn",
@@ -45,6 +53,7 @@ TEXT_ARGS = [
     "data.max_length=48",
 ]
 TEXT_ARGS += ["train.epochs=6", "train.batch_size=16", "train.progress=false", "optim.lr=0.005"]
+BOW_ARGS = ["model.name=bow", "model.buckets=4096", "train.epochs=2", "optim.lr=0.02"]
 TIMING_KEYS = ("train/samples_per_s", "train/tokens_per_s", "train/epoch_seconds", "elapsed_seconds")
 
 
@@ -55,6 +64,19 @@ def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     out = tmp_path_factory.mktemp("runs") / "digits"
     assert main(["train", *DIGITS_ARGS, f"--out={out}"]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def bow_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished text run (a bag of words, 2 epochs on ``write_reviews``' reviews, labels neg and pos),
+    trained once per session."""
+    from bigmodel.cli import main
+
+    root = tmp_path_factory.mktemp("bow")
+    write_reviews(root / "reviews.csv")
+    out = root / "reviews"
+    assert main(["train", f"data.path={root / 'reviews.csv'}", *TEXT_ARGS, *BOW_ARGS, f"--out={out}"]) == 0
     return out
 
 
@@ -145,3 +167,120 @@ def assert_same_run(a: Path, b: Path) -> None:
     assert wa.keys() == wb.keys()
     assert all(torch.equal(wa[k], wb[k]) for k in wa), "weights differ"
     assert untimed_metrics(a) == untimed_metrics(b)
+
+
+# --- a real server, a real browser, and Python without torch ----------------------------------------
+
+
+@contextlib.contextmanager
+def served(app, token: str | None = None, lifespan: str = "on") -> Iterator:
+    """``app`` (``bigmodel.deploy.serve.create_app``) on uvicorn in a thread, on 127.0.0.1 and a free port;
+    an httpx client for it, sending ``token`` if any, once /ready answers 200 (or /health, without the
+    lifespan that warms it up)."""
+    import httpx
+    import uvicorn
+
+    from bigmodel.deploy.serve import bind, url_of
+
+    sock = bind("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan=lifespan))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    client = httpx.Client(
+        base_url=url_of(sock), headers={"Authorization": f"Bearer {token}"} if token else {}, timeout=60
+    )
+    probe, deadline = "/ready" if lifespan == "on" else "/health", time.monotonic() + 60
+    try:
+        while not _answers(client, probe):
+            assert thread.is_alive() and time.monotonic() < deadline, "the server did not get ready"
+            time.sleep(0.02)
+        yield client
+    finally:
+        client.close()
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+    assert not thread.is_alive()
+
+
+def _answers(client, path: str) -> bool:
+    """``path`` answers 200 (False while the server is not listening yet)."""
+    import httpx
+
+    with contextlib.suppress(httpx.TransportError):
+        return client.get(path).status_code == 200
+    return False
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium through chromedriver, its console (``get_log("browser")``) and network events
+    (``get_log("performance")``) recorded."""
+    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.is_file()]
+    if missing:
+        pytest.fail(
+            f"{' and '.join(missing)} not found: run `make test`, which installs chromium and chromium-driver"
+        )
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu"):
+        options.add_argument(flag)
+    options.binary_location = str(CHROMIUM)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
+    options.add_experimental_option("perfLoggingPrefs", {"enableNetwork": True, "enablePage": False})
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver.set_window_size(1280, 1400)
+    yield driver
+    driver.quit()
+
+
+def console_problems(driver, allowed: str | None = None) -> list[str]:
+    """The browser console's errors and warnings since the last call (those matching the regular
+    expression ``allowed`` left out)."""
+    entries = driver.get_log("browser")
+    return [
+        e["message"]
+        for e in entries
+        if e["level"] in ("SEVERE", "WARNING") and not (allowed and re.search(allowed, e["message"]))
+    ]
+
+
+def requested_urls(driver) -> list[str]:
+    """Every URL the browser asked for since the last call (Chrome's Network.requestWillBeSent events)."""
+    urls = []
+    for entry in driver.get_log("performance"):
+        event = json.loads(entry["message"])["message"]
+        if event["method"] == "Network.requestWillBeSent":
+            urls.append(event["params"]["request"]["url"])
+    return urls
+
+
+def readme_snippet() -> str:
+    """The README's Python lines that predict with onnxruntime, without torch or bigmodel."""
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(encoding="utf-8"), re.S)
+    (snippet,) = [b for b in blocks if "import onnxruntime" in b]
+    return snippet
+
+
+@pytest.fixture(scope="session")
+def no_torch_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A virtual environment with onnxruntime, tokenizers, Pillow and numpy, and no torch: its python.
+    Made once per test session, the workers of ``pytest -n`` sharing it."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # one directory for all of a session's workers
+    where = root / "no-torch"
+    python = where / "bin" / "python"
+    with FileLock(str(root / "no-torch.lock")):
+        if not (where / "installed").is_file():
+            venv.create(where, with_pip=True, clear=True)
+            packages = ["onnxruntime", "tokenizers", "pillow", "numpy"]
+            install = [str(python), "-m", "pip", "install", "--quiet", *packages]
+            subprocess.run(install, check=True, capture_output=True, timeout=600)
+            (where / "installed").touch()
+    assert subprocess.run([str(python), "-c", "import torch"], capture_output=True).returncode != 0
+    return python

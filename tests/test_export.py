@@ -5,18 +5,15 @@ accuracy before and after, and the README's lines run it in a virtual environmen
 from __future__ import annotations
 
 import json
-import re
 import subprocess
-import venv
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from bigmodel.cli import main
-from conftest import DIGITS_ARGS, digit_png, run_cli
+from conftest import DIGITS_ARGS, digit_png, readme_snippet, run_cli
 
-ROOT = Path(__file__).resolve().parents[1]
 DIGITS_DATA = [a for a in DIGITS_ARGS if not a.startswith("model.")] + ["train.epochs=1"]
 TEXT_DATA = [
     "data.name=rotten-tomatoes",
@@ -157,24 +154,6 @@ def test_a_failed_or_refused_export_leaves_no_directory(tmp_path: Path, digits_r
 
 
 # --- the README's lines, in a virtual environment without torch -------------------------------------
-
-
-def readme_snippet() -> str:
-    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(encoding="utf-8"), re.S)
-    (snippet,) = [b for b in blocks if "import onnxruntime" in b]
-    return snippet
-
-
-@pytest.fixture(scope="session")
-def no_torch_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A virtual environment with onnxruntime, tokenizers, Pillow and numpy, and no torch."""
-    where = tmp_path_factory.mktemp("no-torch")
-    venv.create(where, with_pip=True)
-    python = where / "bin" / "python"
-    install = [str(python), "-m", "pip", "install", "--quiet", "onnxruntime", "tokenizers", "pillow", "numpy"]
-    subprocess.run(install, check=True, capture_output=True, timeout=600)
-    assert subprocess.run([str(python), "-c", "import torch"], capture_output=True).returncode != 0
-    return python
 
 
 @pytest.mark.slow

@@ -16,9 +16,8 @@ from PIL import Image
 from bigmodel.cli import main
 from conftest import TEXT_ARGS, write_reviews
 
-# One worker runs them all: one browser, and each run trained once.
+# One worker runs them all: one browser (conftest's `browser`), and each run trained once.
 pytestmark = pytest.mark.xdist_group("chromium")
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 # A transformer trained two epochs is right about three texts in four: mistakes to show.
 TEXT_RUN = ["model.name=transformer", "model.dim=32", "model.heads=2", "model.layers=1", "train.epochs=2"]
 LM_RUN = [
@@ -43,27 +42,6 @@ def lm_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("lm") / "gpt"
     assert main(["pretrain", *LM_RUN, f"--out={out}"]) == 0
     return out
-
-
-@pytest.fixture(scope="module")
-def browser():
-    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.is_file()]
-    if missing:
-        pytest.fail(
-            f"{' and '.join(missing)} not found: run `make test`, which installs chromium and chromium-driver"
-        )
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu"):
-        options.add_argument(flag)
-    options.binary_location = str(CHROMIUM)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    driver.set_window_size(1280, 1400)
-    yield driver
-    driver.quit()
 
 
 def open_page(browser, page: Path) -> None:

@@ -7,7 +7,6 @@ explanations; repeatable generation; the command line's start, one-line errors a
 from __future__ import annotations
 
 import base64
-import contextlib
 import io
 import json
 import os
@@ -18,8 +17,6 @@ import socket
 import struct
 import subprocess
 import sys
-import threading
-import time
 import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -27,16 +24,15 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from PIL import Image
 
 from bigmodel import api
 from bigmodel.cli import main
 from bigmodel.config import load_config
 from bigmodel.deploy.backends import length_buckets
-from bigmodel.deploy.serve import ServeSettings, bind, create_app, url_of
+from bigmodel.deploy.serve import ServeSettings, create_app
 from bigmodel.errors import UserError
-from conftest import TEXT_ARGS, digit_png, run_cli, write_reviews
+from conftest import TEXT_ARGS, digit_png, run_cli, served, write_reviews
 
 TEXTS = [
     "the film was great and the plot wonderful",
@@ -62,34 +58,6 @@ GPT_ARGS = [
     "train.monitor=val/loss",
 ]
 TOKEN = "s3cret-token"
-
-
-@contextlib.contextmanager
-def served(app, token: str | None = None, lifespan: str = "on") -> Iterator[httpx.Client]:
-    """``app`` on uvicorn in a thread; a client for it once /ready answers (or /health, without the
-    lifespan that warms it up)."""
-    sock = bind("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan=lifespan))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    client = httpx.Client(base_url=url_of(sock), headers=headers, timeout=60)
-    probe = "/ready" if lifespan == "on" else "/health"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            with contextlib.suppress(httpx.TransportError):
-                if client.get(probe).status_code == 200:
-                    break
-            assert thread.is_alive() and time.monotonic() < deadline, "the server did not get ready"
-            time.sleep(0.02)
-        yield client
-    finally:
-        client.close()
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
-    assert not thread.is_alive()
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,9 @@
 """``bigmodel serve RUN``: a run as an HTTP service, FastAPI on uvicorn; ``create_app`` builds it.
 
-Routes: ``GET /health`` (alive; never needs the token), ``GET /ready`` (503 until a warm-up inference
-has run), ``GET /info``, ``POST /predict`` (JSON ``{"inputs": [...], "top_k": k}``, texts as strings,
-images base64; or images as a multipart upload, field ``files``) → ``[[{"label", "score"}, ...], ...]``,
+Routes: ``GET /`` (a demo page: static, public, holding no data), ``GET /health`` (alive; never needs
+the token), ``GET /ready`` (503 until a warm-up inference has run), ``GET /info``, ``POST /predict`` (JSON
+``{"inputs": [...], "top_k": k}``, texts as strings, images base64; or images as a multipart upload, field
+``files``) → ``[[{"label", "score"}, ...], ...]``,
 ``POST /explain`` (Integrated Gradients: token scores, or a heat map PNG in base64), ``POST /generate``
 (causal language models), ``GET /metrics`` (Prometheus), and FastAPI's ``/docs`` and ``/openapi.json``.
 
@@ -14,30 +15,34 @@ model runs go into the next pass. Texts are cut into passes by length (``backend
 Explanations and generation run on the same thread: one model, one thread, no hooks or seeds shared
 between threads.
 
-Safe by default: binds 127.0.0.1; with a token every route but /health needs ``Authorization: Bearer``
-(401); bodies over ``max_body_mb`` (declared or streamed), too many inputs and images over the pixel
-budget answer 413; malformed requests 422; errors name no file path; anything unexpected is logged and
-answers a generic 500, and the server goes on.
+Safe by default: binds 127.0.0.1; with a token every route but /health and the demo page needs
+``Authorization: Bearer`` (401); bodies over ``max_body_mb`` (declared or streamed), too many inputs and
+images over the pixel budget answer 413; malformed requests 422; errors name no file path; anything
+unexpected is logged and answers a generic 500, and the server goes on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import hmac
 import logging
 import math
+import re
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.concurrency import run_in_threadpool
@@ -58,13 +63,13 @@ from bigmodel.deploy.batch import ranked_classes
 from bigmodel.errors import UserError
 from bigmodel.run import RunDir
 
-PUBLIC = frozenset({"/health"})
+PUBLIC = frozenset({"/health", "/"})  # "/": the demo page, the same static file for every server
 log = logging.getLogger("bigmodel.serve")
 
 
 @dataclass(frozen=True)
 class ServeSettings:
-    """Batching and limits; the token, if any, guards every route but /health."""
+    """Batching and limits; the token, if any, guards every route but /health and the demo page."""
 
     max_batch: int = 64  # inputs per forward pass
     max_wait_ms: float = 0.0  # how long a gathered batch waits for more (0: not at all)
@@ -270,6 +275,30 @@ class Service(Inference):
 # --- the HTTP layer ---------------------------------------------------------------------------------
 
 
+def demo_page() -> tuple[str, dict[str, str]]:
+    """``GET /``: demo.html (inline CSS and JavaScript, nothing else) and its headers. Its
+    Content-Security-Policy runs only that script and style (by their hashes), shows images only from
+    ``data:`` URLs and lets it fetch from its own origin only: the browser itself refuses anything else."""
+    page = resources.files("bigmodel.deploy").joinpath("demo.html").read_text(encoding="utf-8")
+
+    def hashes(tag: str) -> str:
+        bodies = re.findall(rf"<{tag}>(.*?)</{tag}>", page, re.S)
+        digests = (base64.b64encode(hashlib.sha256(b.encode()).digest()).decode() for b in bodies)
+        return " ".join(f"'sha256-{d}'" for d in digests)
+
+    policy = (
+        f"default-src 'none'; script-src {hashes('script')}; style-src {hashes('style')}; img-src data:; "
+        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    )
+    headers = {
+        "content-security-policy": policy,
+        "x-content-type-options": "nosniff",
+        "referrer-policy": "no-referrer",
+        "cache-control": "no-cache",
+    }
+    return page, headers
+
+
 class Guard:
     """The app's outermost layer of its own: the token, the body limit, metrics for every answer (401 and
     413 included), and a generic 500 for anything unexpected, logged, after which the server goes on."""
@@ -436,6 +465,13 @@ def create_app(
     @app.exception_handler(NotRunning)
     async def shutting_down(request: Request, exc: NotRunning) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, 503)
+
+    page, page_headers = demo_page()
+
+    @app.get("/", include_in_schema=False)
+    async def demo() -> HTMLResponse:
+        """The demo page: public, like /health, as it holds no data; its script asks for the token."""
+        return HTMLResponse(page, headers=page_headers)
 
     @app.get("/health", summary="Alive (never needs the token)")
     async def health() -> dict[str, str]:
