@@ -123,3 +123,40 @@ def test_mlm_plateau_runs_each_kind_of_model_and_refuses_parts_it_cannot_add():
             text=True,
         )
         assert proc.returncode == 2 and "--parts takes" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_serve_load_and_soak_measure_bigmodel_serve_and_the_naive_endpoint(digits_run: Path, tmp_path: Path):
+    """serve_load and serve_soak at tiny sizes: real servers on 127.0.0.1, their JSON, and no 5xx."""
+    from benchmarks.serve_soak import KINDS
+
+    out = tmp_path / "load.json"
+    sizes = ["--concurrency", "1,4", "--requests", "40", "--warmup", "8", "--bare-repeats", "10"]
+    run_module(
+        "benchmarks.serve_load",
+        *[str(digits_run), "--servers", "naive,torch", *sizes, "--threads", "1", "--out", str(out)],
+    )
+    doc = json.loads(out.read_text())
+    assert doc["kind"] == "image" and doc["threads"] == 1 and doc["concurrency"] == [1, 4]
+    assert [(r["server"], r["concurrency"]) for r in doc["results"]] == [
+        ("naive FastAPI", 1),
+        ("naive FastAPI", 4),
+        ("bigmodel torch", 1),
+        ("bigmodel torch", 4),
+    ]
+    for r in doc["results"]:
+        assert (r["requests"], r["ok"], r["errors"], r["error_kinds"]) == (40, 40, 0, {}), r
+        assert r["requests_per_s"] > 0 and 0 < r["p50_ms"] <= r["p99_ms"]
+        assert (r["mean_batch"] is None) == (r["server"] == "naive FastAPI")  # bigmodel's from /metrics
+    assert doc["results"][2]["mean_batch"] == 1.0  # one request at a time: passes of one input
+    assert doc["bare"]["torch"]["p50_ms"] > 0 and doc["bare"]["torch"]["repeats"] == 10
+
+    out = tmp_path / "soak.json"
+    soak = ["--requests", "160", "--concurrency", "8", "--warmup", "16", "--threads", "1", "--inputs", "50"]
+    run_module("benchmarks.serve_soak", str(digits_run), *soak, "--out", str(out))
+    result = json.loads(out.read_text())
+    assert result["passed"] and result["failures"] == [], result["failures"]
+    assert result["sent"] == 160 and result["complete"]
+    assert result["status_classes"] == {"2xx": 144, "4xx": 16} and result["dropped"] == {}
+    assert {k: row["sent"] for k, row in result["kinds"].items()} == {"good": 144, **dict.fromkeys(KINDS, 2)}
+    assert result["wrong"] == {} and result["server_alive"] and result["health_after"] == 200
+    assert result["rss_mib"]["after_warmup"] > 0 and result["log_tracebacks"] == 0

@@ -112,10 +112,12 @@ def build_text_data(cfg: DataConfig) -> DataBundle:
     )
 
 
-def prepare_texts(texts: list[str], tokenizer_dir: Path, info: DataInfo) -> dict[str, torch.Tensor]:
+def prepare_texts(texts: list[str], tokenizer: Path | Any, info: DataInfo) -> dict[str, torch.Tensor]:
     """Encode new texts exactly as the run's training texts were, ready for ``model(**features)``:
-    the saved tokenizer and ``info`` (the max_length used) fix everything, so predictions cannot drift."""
-    tokenizer = run_tokenizer(tokenizer_dir)
+    the saved tokenizer (its directory, or it loaded by ``run_tokenizer``) and ``info`` (the max_length
+    used) fix everything, so predictions cannot drift."""
+    if isinstance(tokenizer, (str, Path)):
+        tokenizer = run_tokenizer(tokenizer)
     if not texts:
         raise UserError("no texts to predict; give at least one text")
     features, truncated = encode_texts(texts, tokenizer, info)
