@@ -95,6 +95,8 @@ class OnnxBackend(Backend):
         self.exporter = record.get("exporter")
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3  # errors only
+        # Spinning threads after each pass would take the cores from the threads that encode requests.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = onnxruntime.InferenceSession(
             str(folder / record["files"]["model"]), options, providers=["CPUExecutionProvider"]
         )
