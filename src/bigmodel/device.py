@@ -80,6 +80,16 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(M_MMAP_THRESHOLD, KEEP_UP_TO) and mallopt(M_TRIM_THRESHOLD, KEEP_UP_TO))
 
 
+def release_freed_memory() -> bool:
+    """Hand the pages of glibc's freed blocks back to the OS (``malloc_trim``), in every arena: a
+    long-running server's memory then shows what it holds, not each buffer that varying batch shapes and
+    request threads once freed. Returns whether it applied (not on other C libraries)."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    ctypes.CDLL(None).malloc_trim(0)
+    return True
+
+
 def seed_everything(seed: int, deterministic: bool) -> None:
     random.seed(seed)
     np.random.seed(seed)

@@ -41,12 +41,14 @@ from bigmodel.data.images import decode_image
 from bigmodel.data.text import encode_texts, run_tokenizer
 from bigmodel.data.vision import image_transform
 from bigmodel.deploy.batch import model_logits
+from bigmodel.device import release_freed_memory
 from bigmodel.errors import UserError
 from bigmodel.evaluation.explain import explain_features, image_heatmap_png
 from bigmodel.run import RunDir
 from bigmodel.tasks import generates, task_for
 
 BACKENDS = ("torch", "onnx")
+TRIM_EVERY_S = 5.0  # how often the inference thread hands freed memory back to the OS
 BUCKET_RATIO = 2.0  # a text more than this many times longer than its pass's shortest starts a new pass
 Observe = Callable[[int, float], None]  # (inputs in a forward pass, its seconds)
 Generate = Callable[..., str]  # api.generate: (run, prompt, max_new_tokens, temperature, top_k, top_p, seed)
@@ -322,6 +324,7 @@ class Inference:
         return generates(self.task)
 
     async def start(self) -> None:
+        self.trimmed = time.monotonic()
         self.worker = ThreadPoolExecutor(1, thread_name_prefix="bigmodel-inference")
         self.batcher = Batcher(self._forward, self.worker, self.max_batch, self.max_wait)
         self.warming = asyncio.create_task(self._warm_up())
@@ -369,7 +372,12 @@ class Inference:
             self.generate_fn(self.run, "a", 1, 0.0)
 
     def _forward(self, rows: list[torch.Tensor]) -> torch.Tensor:
-        return self.encoder.forward(self.backend, rows, self.max_batch, self.observe)
+        logits = self.encoder.forward(self.backend, rows, self.max_batch, self.observe)
+        now = time.monotonic()
+        if now - self.trimmed > TRIM_EVERY_S:  # a few ms, at most once in so many seconds
+            release_freed_memory()
+            self.trimmed = now
+        return logits
 
     def _explain(self, rows: list[torch.Tensor], target: str | None, method: str, steps: int) -> list[dict]:
         classes = self.run.info.classes

@@ -63,6 +63,7 @@ from bigmodel.deploy.batch import ranked_classes
 from bigmodel.errors import UserError
 from bigmodel.run import RunDir
 
+KEEP_ALIVE_S = 75
 PUBLIC = frozenset({"/health", "/"})  # "/": the demo page, the same static file for every server
 log = logging.getLogger("bigmodel.serve")
 
@@ -567,7 +568,12 @@ def run_server(app: FastAPI, host: str, port: int, on_ready: Callable[[str], Non
     import uvicorn
 
     sock = bind(host, port)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
+    # Idle keep-alive connections are kept longer than clients keep theirs (httpx: 5 s, uvicorn's own
+    # default too): with equal timeouts a client may reuse a connection the server is closing, a drop.
+    config = uvicorn.Config(
+        app, log_level="warning", access_log=False, lifespan="on", timeout_keep_alive=KEEP_ALIVE_S
+    )
+    server = uvicorn.Server(config)
     service: Service = app.state.service
 
     async def main() -> None:
