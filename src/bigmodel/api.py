@@ -402,6 +402,6 @@ def serve(
 def _loaded(run: str | Path | RunDir) -> RunDir:
     """A run as given (its model loaded once), or a directory's, with the model on the CPU, where
     predict, explain and generate encode their inputs (evaluate may have moved it to a GPU)."""
-    loaded = run if isinstance(run, RunDir) else RunDir(run)
+    loaded = RunDir.of(run)
     loaded.model.cpu()
     return loaded

@@ -16,3 +16,10 @@ class Interrupted(UserError):
         super().__init__(message)
         self.signum = signum
         self.exit_code = 128 + signum
+
+
+def one_line(exc: BaseException, limit: int | None = None) -> str:
+    """``Type: first line of the message`` (its first ``limit`` characters): another library's error,
+    quoted inside a one-line ``UserError``."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:limit]}" if text else type(exc).__name__

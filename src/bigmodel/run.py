@@ -47,6 +47,11 @@ class RunDir:
         self.root = Path(root)
         self.checkpoint = checkpoint
 
+    @classmethod
+    def of(cls, run: str | os.PathLike[str] | RunDir) -> RunDir:
+        """``run`` itself when it is already loaded (its model and config loaded once), else its directory."""
+        return run if isinstance(run, RunDir) else cls(run)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.root)!r})"
 

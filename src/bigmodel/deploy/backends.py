@@ -81,9 +81,7 @@ class OnnxBackend(Backend):
     _DTYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32}
 
     def __init__(self, run: RunDir):
-        import onnxruntime
-
-        from bigmodel.deploy.export import export_run
+        from bigmodel.deploy.export import export_run, onnx_session
 
         folder = run.root / "export"
         if not (folder / "export.json").is_file():
@@ -95,13 +93,7 @@ class OnnxBackend(Backend):
                 f"bigmodel export {run.root}"
             )
         self.exporter = record.get("exporter")
-        options = onnxruntime.SessionOptions()
-        options.log_severity_level = 3  # errors only
-        # Spinning threads after each pass would take the cores from the threads that encode requests.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = onnxruntime.InferenceSession(
-            str(folder / record["files"]["model"]), options, providers=["CPUExecutionProvider"]
-        )
+        self.session = onnx_session(folder / record["files"]["model"])
         self.inputs = {i.name: self._DTYPES.get(i.type, np.float32) for i in self.session.get_inputs()}
 
     def logits(self, features: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 
 from bigmodel.data import DataBundle
-from bigmodel.errors import UserError
+from bigmodel.errors import UserError, one_line
 from bigmodel.evaluation.scoring import run_data
 from bigmodel.files import write_json
 from bigmodel.run import RunDir
@@ -102,7 +102,7 @@ def export_run(
     names = list(data.val.features)
     wrapper = LogitsOnly(model, task, names).eval()
     example = _batch(data, "val", slice(0, 2))
-    checks = list(_parity_inputs(data))
+    checks = list(_parity_inputs(data, example))
 
     target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
@@ -130,7 +130,7 @@ def _export(
         try:
             _to_onnx(wrapper, example, path, exporter, data.info.input_shape[0])
         except Exception as exc:  # any exporter failure: try the other, and say why if both fail
-            failures.append(f"{exporter}: {_one_line(exc)}")
+            failures.append(f"{exporter}: {one_line(exc, 200)}")
             continue
         parity = _parity(wrapper, path, checks)
         if parity.passed:
@@ -221,16 +221,22 @@ def _quiet() -> Iterator[None]:
             lg.setLevel(level)
 
 
-def _session(path: Path) -> Any:
+def onnx_session(path: Path, threads: int | None = None) -> Any:
+    """An onnxruntime CPU session (``threads``: intra-op threads, default onnxruntime's), errors-only
+    logging, and threads that do not spin after each call: spinning, they take the cores from whatever
+    runs next beside them (the server's encoding threads, PyTorch in a side-by-side benchmark)."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3  # errors only
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def _parity(wrapper: LogitsOnly, path: Path, checks: list[tuple[torch.Tensor, ...]]) -> Parity:
-    session = _session(path)
+    session = onnx_session(path)
     worst, largest, agree, total = 0.0, 0.0, 0, 0
     for inputs in checks:
         with torch.inference_mode():
@@ -257,15 +263,16 @@ def _batch(data: DataBundle, split: str, index: slice) -> tuple[torch.Tensor, ..
     return tuple(data.eval_transform(part.features, None).values())
 
 
-def _parity_inputs(data: DataBundle) -> Iterator[tuple[torch.Tensor, ...]]:
-    """Validation examples at batch sizes, and for text at lengths, that the example did not have."""
+def _parity_inputs(data: DataBundle, example: tuple[torch.Tensor, ...]) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Validation examples after the export ``example`` (the first two), at batch sizes, and for text at
+    lengths, that it did not have."""
     if len(data.val) < 2 + sum(PARITY_BATCHES):
         raise UserError(
             f"export checks the model on {2 + sum(PARITY_BATCHES)} validation examples; the run has "
             f"{len(data.val)}: raise data.val_fraction"
         )
     start = 2
-    example_length = _batch(data, "val", slice(0, 2))[0].shape[-1]
+    example_length = example[0].shape[-1]
     max_length = data.info.input_shape[0]
     lengths = [n for n in (max(3, example_length // 2), max_length, max_length - 1) if n != example_length]
     for batch, length in zip(PARITY_BATCHES, lengths, strict=False):
@@ -402,8 +409,8 @@ def _quantize(
     graph = onnx.load(str(int8)).graph
     integer_ops = sum(node.op_type in ("MatMulInteger", "DynamicQuantizeMatMul") for node in graph.node)
     float_convs = sum(node.op_type == "Conv" for node in graph.node)
-    before = _accuracy(_session(fp32), data, wrapper.names)
-    after = _accuracy(_session(int8), data, wrapper.names)
+    before = _accuracy(onnx_session(fp32), data, wrapper.names)
+    after = _accuracy(onnx_session(int8), data, wrapper.names)
     parity = _parity(wrapper, int8, checks)
     record = {
         "method": "onnxruntime dynamic quantization, int8 weights, activations quantized per batch",
@@ -476,8 +483,3 @@ def _require_onnxruntime() -> None:
         import onnxscript  # noqa: F401
     except ImportError as exc:
         raise UserError(f"export needs {exc.name}: pip install onnx onnxruntime onnxscript") from None
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__

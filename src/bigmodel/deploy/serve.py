@@ -425,7 +425,7 @@ def create_app(
     ``generate`` continues a prompt for causal LM runs: ``bigmodel.api.generate``, which lives above
     this layer."""
     check_backend(backend)
-    run = run if isinstance(run, RunDir) else RunDir(run)
+    run = RunDir.of(run)
     run.raw_config()  # refuses a directory that is not a run
     settings = settings or ServeSettings()
     service = Service(run, backend, settings, generate)

@@ -56,7 +56,7 @@ def run_task(run: RunDir) -> Task | None:
 
 def build_report(run: str | Path | RunDir, out: Path | None = None, mistakes: int = 8) -> Path:
     """Write the run's report page (default ``RUN/report.html``) and return its path."""
-    run = run if isinstance(run, RunDir) else RunDir(run)
+    run = RunDir.of(run)
     run.raw_config()  # refuses a directory that is not a run
     task = run_task(run)
     if task is not None and not task.classifier:  # no confusion, calibration or mistakes

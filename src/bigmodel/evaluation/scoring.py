@@ -38,7 +38,7 @@ def split_logits(
 
 def load_with_data(run: str | Path | RunDir) -> tuple[RunDir, DataBundle, torch.device, torch.dtype]:
     """The best checkpoint, the data as it saw it, and the device and precision its config asks for."""
-    loaded = run if isinstance(run, RunDir) else RunDir(run)
+    loaded = RunDir.of(run)
     data = run_data(loaded.config, loaded)
     if data.info.classes != loaded.info.classes:  # labels are positions in this list: order matters too
         unseen = [c for c in data.info.classes if c not in loaded.info.classes]

@@ -37,7 +37,7 @@ import torch.nn as nn
 
 from bigmodel.config import ModelConfig, is_model_file
 from bigmodel.data.bundle import DataInfo
-from bigmodel.errors import UserError
+from bigmodel.errors import UserError, one_line
 from bigmodel.models.output import Model
 
 KINDS = ("image", "text")  # user models are classifiers: they return (batch, classes) logits
@@ -131,7 +131,7 @@ def build_user_model(cfg: ModelConfig, info: DataInfo) -> nn.Module:
     except TypeError as exc:
         call = ", ".join(f"{k}={v!r}" for k, v in settings.items())
         raise UserError(
-            f"model.name={name}: {_short(target)}({call}) failed: {_one_line(exc)}{_where(exc)}"
+            f"model.name={name}: {_short(target)}({call}) failed: {one_line(exc)}{_where(exc)}"
         ) from None
     if not isinstance(net, nn.Module):
         raise UserError(
@@ -231,7 +231,7 @@ def check_output(model: nn.Module, info: DataInfo, name: str) -> None:
     except Exception as exc:  # the model does not fit the data: the user's code, so say where
         called = "forward(x)" if info.kind == "image" else "forward(input_ids, attention_mask)"
         raise UserError(
-            f"model.name={name} failed on {what}, called as {called}: {_one_line(exc)}{_where(exc)}"
+            f"model.name={name} failed on {what}, called as {called}: {one_line(exc)}{_where(exc)}"
         ) from None
     finally:
         model.train(was_training)
@@ -274,7 +274,7 @@ def _import_file(name: str, path: Path) -> ModuleType:
             spec.loader.exec_module(module)
     except Exception as exc:
         del sys.modules[module_name]
-        why = f"{_one_line(exc)}{_where(exc)}"
+        why = f"{one_line(exc)}{_where(exc)}"
         raise UserError(f"model.name={name}: importing {path} failed: {why}") from None
     module.__bigmodel_stamp__ = stamp  # type: ignore[attr-defined]
     return module
@@ -285,7 +285,7 @@ def _import_module(name: str, dotted: str) -> ModuleType:
         with _on_path(os.getcwd()):
             return importlib.import_module(dotted)
     except Exception as exc:
-        why = f"{_one_line(exc)}{_where(exc)}"
+        why = f"{one_line(exc)}{_where(exc)}"
         if isinstance(exc, ModuleNotFoundError) and exc.name and dotted.startswith(exc.name):
             # Most often run from another folder than the package's: say where it is looked for.
             why += f" (looked for in {os.getcwd()} and sys.path; or name its file: path/to/file.py:Name)"
@@ -384,11 +384,6 @@ def _check_settings(
 
 def _short(target: Any) -> str:
     return getattr(target, "__qualname__", None) or getattr(target, "__name__", None) or repr(target)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def _where(exc: BaseException) -> str:
