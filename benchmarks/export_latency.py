@@ -94,7 +94,7 @@ def measure(run: Path, repeats: int, threads: int) -> dict[str, Any]:
         "model": loaded.config.model.name,
         "input": list(data.info.input_shape),
         "exporter": record["exporter"],
-        "int8": {k: record["quantization"].get(k) for k in ("integer_matmuls", "graph_fusions", "note")},
+        "int8": {k: record["quantization"].get(k) for k in ("integer_matmuls", "note")},
         "size_bytes": record["size_bytes"],
         "threads": threads,
         "repeats": repeats,
