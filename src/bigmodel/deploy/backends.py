@@ -7,15 +7,17 @@ the same softmax and top-k as ``bigmodel predict`` (``batch.ranked_classes``).
 
 ``Encoder`` encodes inputs exactly as ``bigmodel predict`` does — texts with the run's tokenizer
 (loaded once) and ``encode_texts``; images decoded from their bytes, converted and resized as
-``read_image`` does, then normalised by ``image_transform`` — one request at a time, so that a bad
-input fails its own request only. Each input becomes one row: a text's token ids without padding, or
-an image's normalised pixels. ``Encoder.forward`` runs any number of rows, from many requests, through
-a backend: images in passes of at most ``max_batch``, texts sorted by length and cut into passes
-(``length_buckets``) so that a short text is not padded to the longest one gathered with it.
+``read_image`` does, then normalised by ``image_transform`` — images one request at a time, so that a
+bad image fails its own request only; texts of many requests in one tokenizer call. Each input becomes
+one row: a text's token ids without padding, or an image's normalised pixels. ``Encoder.forward`` runs
+any number of rows, from many requests, through a backend: images in passes of at most ``max_batch``,
+texts sorted by length and cut into passes (``length_buckets``) so that a short text is not padded to
+the longest one gathered with it.
 
 ``Inference`` owns the one thread that runs the model, and what runs on it: the passes a ``Batcher``
-gathers from concurrent requests, explanations and generation (one model, one thread: Captum's hooks
-and generation's seed are never shared between threads), and the warm-up pass at start.
+gathers from concurrent requests (encoding, the model, softmax and top-k: once a pass, not once a
+request, so the event loop is left only HTTP and JSON), explanations and generation (one model, one
+thread: Captum's hooks and generation's seed are never shared between threads), and the warm-up pass.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import gc
 import json
 import logging
 import threading
@@ -40,7 +43,7 @@ from torch.nn.utils.rnn import pad_sequence
 from bigmodel.data.images import decode_image
 from bigmodel.data.text import encode_texts, run_tokenizer
 from bigmodel.data.vision import image_transform
-from bigmodel.deploy.batch import model_logits
+from bigmodel.deploy.batch import model_logits, ranked_classes
 from bigmodel.device import release_freed_memory
 from bigmodel.errors import UserError
 from bigmodel.evaluation.explain import explain_features, image_heatmap_png
@@ -149,6 +152,21 @@ class Encoder:
         ]
         return list(self.transform({"pixels": torch.from_numpy(np.stack(pixels))})["pixels"])
 
+    def encode_each(self, requests: Sequence[Sequence[str | bytes]]) -> list[list[torch.Tensor] | Exception]:
+        """Each request's rows, or the error that refuses that request alone (an image that does not
+        decode, or is too large); the texts of every request in one tokenizer call."""
+        if self.text:
+            rows = self.encode([x for inputs in requests for x in inputs])
+            ends = np.cumsum([len(inputs) for inputs in requests]).tolist()
+            return [rows[end - len(inputs) : end] for inputs, end in zip(requests, ends, strict=True)]
+        encoded: list[list[torch.Tensor] | Exception] = []
+        for inputs in requests:
+            try:
+                encoded.append(self.encode(inputs))
+            except Exception as exc:  # this request's answer (422, 413, or a 500 if unexpected)
+                encoded.append(exc)
+        return encoded
+
     def collate(self, rows: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
         """Rows as one batch of features, texts padded on the right as ``encode_texts`` pads them."""
         if not self.text:
@@ -195,23 +213,25 @@ class NotRunning(RuntimeError):
 
 @dataclass
 class _Job:
-    rows: list[torch.Tensor]
-    future: asyncio.Future[torch.Tensor]
+    inputs: list[Any]  # a request's texts, or its images' bytes or base64
+    top_k: int
+    future: asyncio.Future[list[list[dict[str, Any]]]]
 
 
 class Batcher:
-    """One asyncio task that gathers queued requests' rows into passes on the inference thread: what is
-    queued now, up to ``max_batch`` inputs (a larger request alone), waiting at most ``max_wait`` seconds
-    for more. Requests that arrive while a pass runs are gathered for the next."""
+    """One asyncio task that gathers queued requests into passes on the inference thread: what is queued
+    now, up to ``max_batch`` inputs (a larger request alone), waiting at most ``max_wait`` seconds for
+    more. Requests that arrive while a pass runs are gathered for the next. ``run_pass(jobs)`` answers
+    each job, or gives the exception that fails it alone."""
 
     def __init__(
         self,
-        forward: Callable[[list[torch.Tensor]], torch.Tensor],
+        run_pass: Callable[[list[_Job]], list[Any]],
         worker: ThreadPoolExecutor,
         max_batch: int,
         max_wait: float,
     ):
-        self.forward, self.worker, self.max_batch, self.max_wait = forward, worker, max_batch, max_wait
+        self.run_pass, self.worker, self.max_batch, self.max_wait = run_pass, worker, max_batch, max_wait
         self.queue: asyncio.Queue[_Job] = asyncio.Queue()
         self.held: _Job | None = None  # taken from the queue, but too many for the pass being gathered
         self.running: list[_Job] = []
@@ -228,9 +248,9 @@ class Batcher:
             if not job.future.done():
                 job.future.set_exception(NotRunning("the server is stopping"))
 
-    async def submit(self, rows: list[torch.Tensor]) -> torch.Tensor:
-        """The logits of ``rows``, computed in a pass with whatever else is queued."""
-        job = _Job(rows, asyncio.get_running_loop().create_future())
+    async def submit(self, inputs: list[Any], top_k: int) -> list[list[dict[str, Any]]]:
+        """The top classes of each input, computed in a pass with whatever else is queued."""
+        job = _Job(inputs, top_k, asyncio.get_running_loop().create_future())
         self.queue.put_nowait(job)
         return await job.future
 
@@ -238,7 +258,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         jobs = [self.held or await self.queue.get()]
         self.held = None
-        count, deadline = len(jobs[0].rows), loop.time() + self.max_wait
+        count, deadline = len(jobs[0].inputs), loop.time() + self.max_wait
         while count < self.max_batch:
             if not self.queue.empty():
                 job = self.queue.get_nowait()
@@ -249,11 +269,11 @@ class Batcher:
                     break
             else:
                 break
-            if count + len(job.rows) > self.max_batch:
+            if count + len(job.inputs) > self.max_batch:
                 self.held = job
                 break
             jobs.append(job)
-            count += len(job.rows)
+            count += len(job.inputs)
         return jobs
 
     async def _loop(self) -> None:
@@ -262,19 +282,17 @@ class Batcher:
             self.running = [job for job in await self._gather() if not job.future.done()]
             if not self.running:
                 continue
-            rows = [row for job in self.running for row in job.rows]
             try:
-                logits = await loop.run_in_executor(self.worker, self.forward, rows)
-                parts: list[Any] = list(logits.split([len(job.rows) for job in self.running]))
+                answers = await loop.run_in_executor(self.worker, self.run_pass, self.running)
             except Exception as exc:  # every request of the pass answers 500; the server goes on
-                parts = [exc] * len(self.running)
-            for job, part in zip(self.running, parts, strict=True):
+                answers = [exc] * len(self.running)
+            for job, answer in zip(self.running, answers, strict=True):
                 if job.future.done():
                     continue
-                if isinstance(part, Exception):
-                    job.future.set_exception(part)
+                if isinstance(answer, Exception):
+                    job.future.set_exception(answer)
                 else:
-                    job.future.set_result(part)
+                    job.future.set_result(answer)
             self.running = []
 
 
@@ -318,7 +336,7 @@ class Inference:
     async def start(self) -> None:
         self.trimmed = time.monotonic()
         self.worker = ThreadPoolExecutor(1, thread_name_prefix="bigmodel-inference")
-        self.batcher = Batcher(self._forward, self.worker, self.max_batch, self.max_wait)
+        self.batcher = Batcher(self._predict_pass, self.worker, self.max_batch, self.max_wait)
         self.warming = asyncio.create_task(self._warm_up())
 
     async def stop(self) -> None:
@@ -333,10 +351,11 @@ class Inference:
             raise NotRunning("the server is not running (starting or stopping)")
         return await asyncio.get_running_loop().run_in_executor(self.worker, fn, *args)
 
-    async def logits(self, rows: list[torch.Tensor]) -> torch.Tensor:
+    async def predict(self, inputs: list[Any], top_k: int) -> list[list[dict[str, Any]]]:
+        """Each input's ``top_k`` classes as ``{"label", "score"}``, best first."""
         if self.batcher is None:
             raise NotRunning("the server is not running (starting or stopping)")
-        return await self.batcher.submit(rows)
+        return await self.batcher.submit(inputs, top_k)
 
     async def explain(
         self, rows: list[torch.Tensor], target: str | None, method: str, steps: int
@@ -353,6 +372,10 @@ class Inference:
             log.exception("the warm-up inference failed")
             self.warmup_error = " ".join(str(exc).split())[:300] or type(exc).__name__
         else:
+            # What is loaded by now (torch, transformers, the model: some 330,000 objects) lives as long as
+            # the server: out of the garbage collector's sight, its full collections stop scanning it.
+            # Scanned, each took 160-240 ms, in which every request in flight waited.
+            gc.freeze()
             self.ready = True
 
     def _warm_up_now(self) -> None:
@@ -363,13 +386,25 @@ class Inference:
         elif self.generates and self.generate_fn is not None:
             self.generate_fn(self.run, "a", 1, 0.0)
 
-    def _forward(self, rows: list[torch.Tensor]) -> torch.Tensor:
-        logits = self.encoder.forward(self.backend, rows, self.max_batch, self.observe)
+    def _predict_pass(self, jobs: list[_Job]) -> list[Any]:
+        encoded = self.encoder.encode_each([job.inputs for job in jobs])
+        answers: list[Any] = list(encoded)  # the errors stay; the rows become answers below
+        good = [i for i, rows in enumerate(encoded) if not isinstance(rows, Exception)]
+        rows = [row for i in good for row in encoded[i]]
+        if rows:
+            logits = self.encoder.forward(self.backend, rows, self.max_batch, self.observe)
+            ranked = iter(ranked_classes(logits, self.run.info.classes, max(jobs[i].top_k for i in good)))
+            for i in good:
+                top_k = jobs[i].top_k
+                answers[i] = [
+                    [{"label": t["class"], "score": t["probability"]} for t in next(ranked)[:top_k]]
+                    for _ in encoded[i]
+                ]
         now = time.monotonic()
         if now - self.trimmed > TRIM_EVERY_S:  # a few ms, at most once in so many seconds
             release_freed_memory()
             self.trimmed = now
-        return logits
+        return answers
 
     def _explain(self, rows: list[torch.Tensor], target: str | None, method: str, steps: int) -> list[dict]:
         classes = self.run.info.classes

@@ -59,7 +59,6 @@ from bigmodel.deploy.backends import (
     NotRunning,
     check_backend,
 )
-from bigmodel.deploy.batch import ranked_classes
 from bigmodel.errors import UserError
 from bigmodel.run import RunDir
 
@@ -498,9 +497,7 @@ def create_app(
     async def predict(request: Request) -> JSONResponse:
         service.require_classifier()
         inputs, top_k = await _predict_inputs(request, service)
-        logits = await service.logits(await service.encode(inputs))
-        tops = ranked_classes(logits, run.info.classes, top_k)
-        return JSONResponse([[{"label": t["class"], "score": t["probability"]} for t in top] for top in tops])
+        return JSONResponse(await service.predict(inputs, top_k))
 
     @app.post("/explain", summary="Integrated Gradients: token scores, or a heat map PNG (base64)")
     async def explain(body: ExplainRequest) -> list[dict[str, Any]]:
@@ -586,8 +583,9 @@ def run_server(app: FastAPI, host: str, port: int, on_ready: Callable[[str], Non
             on_ready(url_of(sock))
         await serving
 
-    try:
-        asyncio.run(main())
+    try:  # uvloop and httptools where installed, as uvicorn runs itself: their parsing is in C
+        with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
+            runner.run(main())
     except KeyboardInterrupt:  # uvicorn stopped cleanly, then raised the signal again
         pass
     finally:
