@@ -157,6 +157,21 @@ def test_concurrent_requests_share_passes_and_get_their_own_answers(runs):
         assert "bigmodel_request_seconds_bucket" in metrics
 
 
+@pytest.mark.parametrize("kind", ["text", "image"])
+def test_a_bad_input_fails_its_own_request_not_the_pass_it_shares(runs, images, kind: str):
+    good = [{"inputs": [t]} for t in TEXTS] if kind == "text" else [{"inputs": [b64(p)]} for p in images]
+    bad = {"inputs": ["   "]} if kind == "text" else {"inputs": [base64.b64encode(b"not a png").decode()]}
+    bodies = [body for pair in zip(good, [bad] * len(good), strict=True) for body in pair]
+    app = create_app(runs[kind], "torch", ServeSettings(max_batch=64, max_wait_ms=300))
+    with served(app) as client:
+        with ThreadPoolExecutor(len(bodies)) as pool:  # gathered into shared passes by the wait
+            statuses = list(pool.map(lambda body: client.post("/predict", json=body).status_code, bodies))
+        metrics = client.get("/metrics").text
+    assert statuses == [200, 422] * len(good)
+    passes = float(re.search(r"^bigmodel_batch_size_count (\S+)", metrics, re.M).group(1))
+    assert passes < len(good), "the good requests never shared a pass with a bad one"
+
+
 def test_length_buckets_sort_texts_and_split_long_from_short():
     lengths = [3, 50, 4, 7, 100, 5, 6, 3]
     assert length_buckets(lengths, max_batch=64) == [[0, 7, 2, 5, 6], [3], [1, 4]]

@@ -142,12 +142,17 @@ def run_tokenizer(tokenizer_dir: Path) -> Any:
 def encode_texts(texts: list[str], tokenizer: Any, info: DataInfo) -> tuple[dict[str, torch.Tensor], int]:
     """``prepare_texts`` with the run's tokenizer already loaded (batch prediction calls it per batch):
     the features and how many texts were truncated, left to the caller to report."""
+    features, truncated = encode(tokenizer, clean_texts(texts), info.input_shape[0])
+    return TextTransform()(features), truncated
+
+
+def clean_texts(texts: list[str]) -> list[str]:
+    """``clean_text`` of each, refused in one line where cleaning leaves one empty."""
     cleaned = [clean_text(t) for t in texts]
     for i, text in enumerate(cleaned, start=1):
         if not text:
             raise UserError(f"text {i} of {len(cleaned)} is empty; give texts with words in them")
-    features, truncated = encode(tokenizer, cleaned, info.input_shape[0])
-    return TextTransform()(features), truncated
+    return cleaned
 
 
 def clean_text(text: str) -> str:

@@ -41,7 +41,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from bigmodel.data.images import decode_image
-from bigmodel.data.text import encode_texts, run_tokenizer
+from bigmodel.data.text import clean_texts, encode_texts, run_tokenizer
 from bigmodel.data.vision import image_transform
 from bigmodel.deploy.batch import model_logits, ranked_classes
 from bigmodel.device import release_freed_memory
@@ -154,18 +154,24 @@ class Encoder:
         return list(self.transform({"pixels": torch.from_numpy(np.stack(pixels))})["pixels"])
 
     def encode_each(self, requests: Sequence[Sequence[str | bytes]]) -> list[list[torch.Tensor] | Exception]:
-        """Each request's rows, or the error that refuses that request alone (an image that does not
-        decode, or is too large); the texts of every request in one tokenizer call."""
-        if self.text:
-            rows = self.encode([x for inputs in requests for x in inputs])
-            ends = np.cumsum([len(inputs) for inputs in requests]).tolist()
-            return [rows[end - len(inputs) : end] for inputs, end in zip(requests, ends, strict=True)]
+        """Each request's rows, or the error that refuses that request alone (an empty text, an image
+        that does not decode or is too large); the good texts of every request in one tokenizer call."""
         encoded: list[list[torch.Tensor] | Exception] = []
         for inputs in requests:
-            try:
-                encoded.append(self.encode(inputs))
-            except Exception as exc:  # this request's answer (422, 413, or a 500 if unexpected)
+            try:  # this request's answer where it fails: 422, 413, or a 500 if unexpected
+                if self.text:
+                    clean_texts(list(inputs))  # refuses an empty text; the good ones are encoded below
+                    encoded.append(list(inputs))
+                else:
+                    encoded.append(self.encode(inputs))
+            except Exception as exc:
                 encoded.append(exc)
+        if not self.text:
+            return encoded
+        good = [i for i, texts in enumerate(encoded) if not isinstance(texts, Exception)]
+        rows = iter(self.encode([text for i in good for text in encoded[i]]))
+        for i in good:
+            encoded[i] = [next(rows) for _ in encoded[i]]
         return encoded
 
     def collate(self, rows: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
