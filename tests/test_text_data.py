@@ -19,6 +19,8 @@ from bigmodel.data.loader import BatchLoader
 from bigmodel.data.text import (
     TextTransform,
     build_text_data,
+    clean_text,
+    duplicate_groups,
     encode,
     prepare_texts,
     read_table,
@@ -148,14 +150,14 @@ def test_too_few_classes_or_examples(tmp_path: Path):
     with pytest.raises(UserError, match="only one class"):
         build_text_data(config(one_class))
     lonely = write(tmp_path / "lonely.csv", [*rows(), ("a fish story", "fish")])
-    with pytest.raises(UserError, match="class 'fish' has only 1 example; each class needs at least 3"):
+    with pytest.raises(UserError, match="class 'fish' has only 1 distinct text; each class needs at least 3"):
         build_text_data(config(lonely))
     rare = write(tmp_path / "rare.csv", [*rows(), *[(f"fish story {i}", "fish") for i in range(3)]])
-    with pytest.raises(UserError, match="class 'fish' has only 3 examples, too few to be in both"):
+    with pytest.raises(UserError, match="class 'fish' has only 3 distinct texts, too few to be in both"):
         build_text_data(config(rare))
     tiny = write(tmp_path / "tiny.csv", rows(9))
     with pytest.raises(
-        UserError, match=r"9 texts of 3 classes are too few for a stratified 80/10/10 split \("
+        UserError, match=r"9 distinct texts of 3 classes are too few for a stratified 80/10/10 split \("
     ):
         build_text_data(config(tiny))
 
@@ -306,10 +308,13 @@ def test_imdb_splits_are_stratified_halves():
     table = read_table(DataConfig(name="imdb"))
     assert len(table.texts) == 25_000 and table.classes == ["negative", "positive"]
     assert not any("<br" in t.lower() for t in table.texts[:2000])
-    splits = split_indices(table, 0)
-    assert [len(s) for s in splits] == [20_000, 2_500, 2_500]
+    splits = split_indices(table, 0)  # its 98 repeated texts are split with their first copies
+    assert sum(len(s) for s in splits) == 25_000
+    assert [round(len(s), -2) for s in splits] == [20_000, 2_500, 2_500]
     for index in splits:
-        assert np.bincount(table.labels[index]).tolist() == [len(index) // 2] * 2
+        assert abs(np.bincount(table.labels[index])[0] - len(index) / 2) <= 5
+    seen = [{clean_text(table.texts[i]).casefold() for i in index} for index in splits]
+    assert not (seen[0] & seen[1] or seen[0] & seen[2] or seen[1] & seen[2])
 
 
 def test_rotten_tomatoes_builds_with_a_small_tokenizer():
@@ -327,3 +332,32 @@ def test_rotten_tomatoes_builds_with_a_small_tokenizer():
         assert abs(negative - positive) <= 1
     assert bundle.info.classes == ["negative", "positive"] and bundle.info.source == "rotten-tomatoes"
     assert bundle.info.vocab_size <= 2000 + 100  # the alphabet may push a small vocabulary a little over
+
+
+def test_a_text_and_its_copies_stay_in_one_split_and_are_counted(tmp_path: Path, capsys):
+    base = rows()
+    copies = [
+        (base[0][0].upper(), base[0][1]),  # case aside, the same text
+        ("  " + base[1][0].replace(" ", "  <br /> "), base[1][1]),  # HTML breaks and spacing aside
+        (base[2][0], base[2][1]),  # exact
+        (base[2][0], base[2][1]),  # exact, a third copy
+        (base[3][0], "bird" if base[3][1] != "bird" else "cat"),  # the same text, another label
+    ]
+    path = write(tmp_path / "dups.csv", [*base, *copies])
+    table = read_table(config(path))
+    first, group = duplicate_groups(table.texts)
+    assert len(first) == 60 and len(group) == 65
+    for seed in (0, 1, 2):
+        parts = split_indices(table, seed)
+        assert sorted(np.concatenate(parts).tolist()) == list(range(65))  # none dropped
+        where = {int(i): name for name, part in zip("tvs", parts, strict=True) for i in part}
+        for g in np.unique(group):
+            assert len({where[int(i)] for i in np.flatnonzero(group == g)}) == 1, "a text in two splits"
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 3  # one line a split
+    assert (
+        "5 texts repeat an earlier one (cleaned, case aside), 1 of the repeated texts with conflicting" in err
+    )
+    seed0 = split_indices(read_table(config(write(tmp_path / "plain.csv", base))), 0)
+    assert capsys.readouterr().err == ""  # nothing to say where there are no copies
+    assert all(len(part) for part in seed0)

@@ -325,15 +325,22 @@ def _label_key(label: Any, line: int, path: Path) -> str:
 
 
 def split_indices(table: _Table, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Stratified 80/10/10 train/val/test indices, each in file order (reading order is easy to check)."""
+    """Stratified 80/10/10 train/val/test indices, each in file order (reading order is easy to check).
+
+    Texts that are the same once cleaned and case-folded are split as one: all their copies land in one
+    split, so no text is both trained on and tested on. Such copies, and texts whose copies disagree on the
+    label, are kept and counted in one warning line."""
     from sklearn.model_selection import train_test_split
 
-    labels = table.labels
+    first, group = duplicate_groups(table.texts)
+    labels = table.labels[first]  # one per distinct text: its first copy's label
+    _warn_duplicates(table, group, len(first))
     counts = np.bincount(labels, minlength=len(table.classes))
     for c, n in enumerate(counts):
         if n < MIN_PER_CLASS:
+            texts = "text" if n == 1 else "texts"
             raise UserError(
-                f"{table.source}: class {table.classes[c]!r} has only {n} example{'' if n == 1 else 's'}; "
+                f"{table.source}: class {table.classes[c]!r} has only {n} distinct {texts}; "
                 f"each class needs at least {MIN_PER_CLASS} for the 80/10/10 split"
             )
     try:
@@ -344,16 +351,41 @@ def split_indices(table: _Table, seed: int) -> tuple[np.ndarray, np.ndarray, np.
         if len(thin):  # sklearn's own complaint would name neither the class nor the remedy
             c = thin[0]
             raise UserError(
-                f"{table.source}: class {table.classes[c]!r} has only {counts[c]} examples, too few to be "
-                "in both the validation and the test split; give each class at least 10"
+                f"{table.source}: class {table.classes[c]!r} has only {counts[c]} distinct texts, too few to "
+                "be in both the validation and the test split; give each class at least 10"
             )
         val, test = train_test_split(rest, test_size=0.5, stratify=labels[rest], random_state=seed)
     except ValueError as exc:
         raise UserError(
-            f"{table.source}: {len(labels)} texts of {len(table.classes)} classes are too few for a "
+            f"{table.source}: {len(labels)} distinct texts of {len(table.classes)} classes are too few for a "
             f"stratified 80/10/10 split ({' '.join(str(exc).split())})"
         ) from None
-    return np.sort(train), np.sort(val), np.sort(test)
+    train, val, test = (np.flatnonzero(np.isin(group, part)) for part in (train, val, test))
+    return train, val, test
+
+
+def duplicate_groups(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The index of each distinct text's first copy, and for every text the number of its distinct text
+    (texts compared cleaned and case-folded, as a reader would)."""
+    seen: dict[str, int] = {}
+    group = np.array([seen.setdefault(clean_text(t).casefold(), len(seen)) for t in texts], dtype=np.int64)
+    first = np.unique(group, return_index=True)[1]
+    return first, group
+
+
+def _warn_duplicates(table: _Table, group: np.ndarray, distinct: int) -> None:
+    copies = len(group) - distinct
+    if not copies:
+        return
+    conflicting = sum(
+        len(set(table.labels[group == g].tolist())) > 1 for g in np.flatnonzero(np.bincount(group) > 1)
+    )
+    print(
+        f"warning: {table.source}: {copies} texts repeat an earlier one (cleaned, case aside), "
+        f"{conflicting} of the repeated texts with conflicting labels; all are kept, each text's copies in "
+        "one split, so no text is in two",
+        file=sys.stderr,
+    )
 
 
 # --- tokenizing ---------------------------------------------------------------------------------------
