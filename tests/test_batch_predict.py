@@ -190,9 +190,8 @@ def test_ctrl_c_leaves_no_output(text_run: Path, tmp_path: Path):
     os.mkfifo(fifo)
     out = tmp_path / "out.jsonl"
     argv = ["predict", str(text_run), "--input", str(fifo), "--output", str(out), "--batch-size", "2"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bigmodel", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    command = [sys.executable, "-X", "faulthandler", "-m", "bigmodel", *argv]  # SIGABRT dumps its threads
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
         while True:  # opening the writing end succeeds once the process reads the FIFO
@@ -206,7 +205,11 @@ def test_ctrl_c_leaves_no_output(text_run: Path, tmp_path: Path):
         os.write(fd, ("review\n" + "".join(t.replace("\n", " ") + "\n" for t in TEXTS[:5])).encode())
         time.sleep(0.5)  # a batch or two predicted; then it waits for more
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
+        try:
+            _, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:  # once in a clean clone's make test: say where it hung
+            proc.send_signal(signal.SIGABRT)
+            pytest.fail(f"predict did not stop within 60 s of SIGINT; its threads: {proc.communicate()[1]}")
         os.close(fd)
     finally:
         proc.kill()
