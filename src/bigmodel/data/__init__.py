@@ -9,7 +9,7 @@ from bigmodel.data.loader import BatchLoader, TensorSplit
 __all__ = ["BatchLoader", "DataBundle", "DataInfo", "TensorSplit", "build_data"]
 
 
-TEXT_NAMES = ("imdb", "rotten-tomatoes")
+TEXT_NAMES = ("imdb", "imdb-25k", "rotten-tomatoes")
 TEXT_SUFFIXES = (".csv", ".tsv", ".jsonl")
 
 

