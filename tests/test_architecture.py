@@ -13,7 +13,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # Lower numbers are lower layers; a module may import its own layer's package and anything lower.
 LAYERS = {
     "errors": 0, "files": 0,
-    "config": 1, "device": 1, "checkpoint": 1,
+    "config": 1, "recipes": 1, "device": 1, "checkpoint": 1,
     "data": 2, "models": 3, "tasks": 4, "run": 5, "engine": 6, "evaluation": 7, "deploy": 8,
     "api": 9, "cli": 10, "__main__": 11, "bigmodel": 11,
 }  # fmt: skip

@@ -438,10 +438,14 @@ def _profile(args: argparse.Namespace) -> int:
 
 def _models(args: argparse.Namespace) -> int:
     from bigmodel.models import list_models, model_settings
+    from bigmodel.recipes import RECIPES, describe
 
     for name in list_models():
         settings: dict[str, Any] = model_settings(name)
         print(f"{name:<10} " + ", ".join(f"{k}={v}" for k, v in settings.items()))
+        for (model, kind), recipe in RECIPES.items():
+            if model == name:
+                print(f"{'':<10} recipe for {kind}: {describe(recipe)}")
     return 0
 
 

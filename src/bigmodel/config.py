@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bigmodel.errors import UserError
+from bigmodel.recipes import follow_optimizer, recipe_for
 
 
 class Section(BaseModel):
@@ -204,12 +205,18 @@ class Config(Section):
         return self.model_dump(mode="json")
 
 
-DEFAULT_CONFIG: dict[str, Any] = {
-    "data": {"name": "fashion-mnist", "augment": {"crop_padding": 2, "hflip": True}},
-    "model": {"name": "cnn"},
-    "train": {"epochs": 12, "batch_size": 128},
-    "optim": {"name": "adamw", "lr": 3e-3, "weight_decay": 0.05, "schedule": "onecycle"},
-}
+def with_recipe(raw: dict[str, Any], data: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``raw`` (a data name and a model) with the model's recipe for ``data`` (default: raw's own)."""
+    recipe = recipe_for(raw["model"]["name"], data if data is not None else raw["data"]) or {}
+    return {
+        "data": {**raw["data"], **recipe.get("data", {})},
+        "model": raw["model"],
+        "train": recipe.get("train", {}),
+        "optim": recipe.get("optim", {}),
+    }
+
+
+DEFAULT_CONFIG: dict[str, Any] = with_recipe({"data": {"name": "fashion-mnist"}, "model": {"name": "cnn"}})
 
 
 def load_config(
@@ -219,8 +226,15 @@ def load_config(
 ) -> Config:
     """A YAML file, a mapping or a ``Config`` (default: the built-in config), with ``model`` (a
     ``model.name``) replacing its model section and then dotted overrides applied, validated."""
-    if source is None:
-        raw: dict[str, Any] = copy.deepcopy(DEFAULT_CONFIG)
+    if source is None:  # the recipe of the model and kind of data the overrides name
+        asked = apply_overrides(copy.deepcopy(DEFAULT_CONFIG), overrides)
+        raw: dict[str, Any] = with_recipe(
+            {
+                "data": {"name": DEFAULT_CONFIG["data"]["name"]},
+                "model": {"name": model or asked["model"]["name"]},
+            },
+            asked["data"],
+        )
     elif isinstance(source, Config):
         raw = source.model_dump(mode="json", exclude_unset=True)  # what was set, not derived defaults
     elif isinstance(source, dict):
@@ -230,7 +244,10 @@ def load_config(
         raw.setdefault("name", Path(source).stem)
     if model is not None:  # the config's model settings belong to its model, not this one
         raw["model"] = {"name": model}
-    cfg = validate_config(apply_overrides(raw, overrides))
+    tuned_for = raw.get("optim", {}).get("name")  # where the recipe or the file names one
+    raw = apply_overrides(raw, overrides)
+    follow_optimizer(raw, tuned_for, {item.partition("=")[0] for item in overrides})
+    cfg = validate_config(raw)
     if cfg.name is None:  # no config file: name the run after what it trains
         source_name = cfg.data.name or Path(str(cfg.data.path)).stem
         cfg.name = f"{source_name}-{model_label(cfg.model.name)}"

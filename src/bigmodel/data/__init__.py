@@ -5,18 +5,13 @@ from __future__ import annotations
 from bigmodel.config import DataConfig
 from bigmodel.data.bundle import DataBundle, DataInfo
 from bigmodel.data.loader import BatchLoader, TensorSplit
+from bigmodel.recipes import is_text_data
 
 __all__ = ["BatchLoader", "DataBundle", "DataInfo", "TensorSplit", "build_data"]
 
 
-TEXT_NAMES = ("imdb", "imdb-25k", "rotten-tomatoes")
-TEXT_SUFFIXES = (".csv", ".tsv", ".jsonl")
-
-
 def is_text(cfg: DataConfig) -> bool:
-    if cfg.path is not None:
-        return cfg.path.lower().endswith(TEXT_SUFFIXES)
-    return all(name in TEXT_NAMES for name in (cfg.name or "").split("+"))
+    return is_text_data({"path": cfg.path, "name": cfg.name})
 
 
 def build_data(cfg: DataConfig) -> DataBundle:
