@@ -141,6 +141,9 @@ class TrainConfig(Section):
     grad_clip: float | None = Field(None, gt=0, description="clip the global gradient norm to this")
     grad_accum: int = Field(1, gt=0, description="batches per optimizer step")
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    ema: float | None = Field(
+        None, gt=0.0, lt=1.0, description="decay of an exponential moving average of the weights, evaluated"
+    )
     monitor: MONITORABLE | None = Field(
         None,
         description="metric for the best checkpoint and early stopping; default: the task's, val/accuracy "
@@ -210,7 +213,7 @@ def with_recipe(raw: dict[str, Any], data: dict[str, Any] | None = None) -> dict
     recipe = recipe_for(raw["model"]["name"], data if data is not None else raw["data"]) or {}
     return {
         "data": {**raw["data"], **recipe.get("data", {})},
-        "model": raw["model"],
+        "model": {**raw["model"], **recipe.get("model", {})},
         "train": recipe.get("train", {}),
         "optim": recipe.get("optim", {}),
     }

@@ -1,7 +1,7 @@
 """Each model's own training defaults for a kind of data: what ``bigmodel train data.name=X model.name=Y``
 trains with where no config file says otherwise. A recipe sets the data, train and optim keys its model
-was tuned with (from the shipped configs, measured in docs/results.md); a config file or an override
-still wins over it.
+was tuned with (from the shipped configs, measured in docs/results.md), and for a named data set with a
+tuned config of its own, that config's model settings too; a config file or an override still wins.
 
 The optimizer's own settings follow the optimizer: AdamW's ``weight_decay`` is decoupled from the
 gradient, Adam's and SGD's is an L2 penalty added to it, and SGD wants a learning rate some fifty times
@@ -53,6 +53,13 @@ RECIPES: dict[tuple[str, str], dict[str, Any]] = {
             "schedule": "onecycle",
         },
     },
+    # Where a data set has a tuned config of its own, that config is the recipe for it.
+    ("bow", "rotten-tomatoes"): {  # configs/rt-best.yaml
+        "data": {"max_length": 64, "vocab_size": 30000},
+        "model": {"embed_dim": 64, "ngrams": 1, "dropout": 0.6},
+        "train": {"epochs": 4, "batch_size": 32},
+        "optim": {"name": "adamw", "lr": 0.01, "weight_decay": 0.1, "schedule": "onecycle"},
+    },
     ("bow", "text"): {  # configs/imdb-bow.yaml
         "data": {"max_length": 512, "vocab_size": 30000},
         "train": {"epochs": 5, "batch_size": 64},
@@ -96,7 +103,8 @@ def recipe_for(model: str, data: dict[str, Any]) -> dict[str, Any] | None:
     objective: their config says how)."""
     if data.get("objective", "classify") != "classify":
         return None
-    return copy.deepcopy(RECIPES.get((model, "text" if is_text_data(data) else "image")))
+    kind = "text" if is_text_data(data) else "image"
+    return copy.deepcopy(RECIPES.get((model, str(data.get("name"))), RECIPES.get((model, kind))))
 
 
 def follow_optimizer(raw: dict[str, Any], tuned_for: str | None, overridden: set[str]) -> None:

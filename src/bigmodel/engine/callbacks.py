@@ -158,7 +158,7 @@ class Checkpoints(Callback):
         value = _monitored(trainer, metrics)
         if _improved(value, self.best, trainer.cfg.train.monitor_mode):
             self.best, self.best_epoch = value, metrics["epoch"]
-            tensors = trainer.model_tensors()  # on every rank: under FSDP it gathers the shards
+            tensors = trainer.model_tensors(evaluated=True)  # every rank: under FSDP it gathers the shards
             if self.directory is not None:
                 info = {"epoch": trainer.epoch, "step": trainer.step, trainer.cfg.train.monitor: value}
                 save_checkpoint(self.directory, "best", tensors, **info)

@@ -151,6 +151,7 @@ class Trainer:
         shard = torch.tensor_split(torch.arange(len(data.val)), shards)[self.world.rank % shards]
         self.val_loader = eval_loader(data.val.take(shard), data, tc)
         self.steps_per_epoch = math.ceil(len(self.train_loader) / tc.grad_accum)
+        self.ema = self._moving_average(tc.ema)
         self.optimizer = build_optimizer(self.model, cfg.optim, self.sharded)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.steps_per_epoch, tc.epochs)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
@@ -285,7 +286,23 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
         self.step += 1
+
+    def _moving_average(self, decay: float | None) -> nn.Module | None:
+        """``train.ema``: an exponential moving average of the weights (and of batch norm's statistics),
+        updated after every optimizer step, which validation, the best checkpoint and so the test score
+        see; the trained weights go on learning underneath it."""
+        if decay is None:
+            return None
+        if self.sharded:
+            raise UserError(
+                "train.ema keeps a whole copy of the weights on each process; use it with train.strategy=ddp"
+            )
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        return AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
     # -- signals ---------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -322,7 +339,9 @@ class Trainer:
     # -- evaluation -----------------------------------------------------------------------------
     def _evaluate_val(self) -> dict[str, Any]:
         """Each rank predicts its shard of the validation split; the metrics are of all of it."""
-        share = self.task.evaluate(self.model, self.val_loader, self.device, self.dtype, self.channels_last)
+        share = self.task.evaluate(
+            self.evaluated_model, self.val_loader, self.device, self.dtype, self.channels_last
+        )
         return self.task.metrics([share] if self.sharded else gather_objects(share))
 
     def example_features(self) -> Batch:
@@ -330,17 +349,23 @@ class Trainer:
         batch = move(next(iter(self.val_loader)), self.device, self.channels_last)
         return {k: v[:2] for k, v in batch.items() if k != "labels"}
 
+    @property
+    def evaluated_model(self) -> nn.Module:
+        """What validation scores and the best checkpoint keeps: the moving average, where there is one."""
+        return self.ema.module if self.ema is not None else self.model
+
     # -- state, for checkpoints -----------------------------------------------------------------
-    def model_tensors(self) -> dict[str, torch.Tensor]:
-        """The full weights, on the CPU. Under FSDP every rank must call it (it gathers the shards),
-        and only rank 0 gets them."""
+    def model_tensors(self, evaluated: bool = False) -> dict[str, torch.Tensor]:
+        """The full weights (``evaluated``: of ``evaluated_model``), on the CPU. Under FSDP every rank
+        must call it (it gathers the shards), and only rank 0 gets them."""
         if self.sharded:
             return get_model_state_dict(self.model, options=FULL_ON_CPU)
+        model = self.evaluated_model if evaluated else self.model
         # contiguous(): channels-last kernels are strided views, and safetensors stores dense tensors;
         # a tied weight (an LM's output layer is its embedding) is stored under each name, as a copy,
         # since safetensors refuses two names for one storage.
         tensors, storages = {}, set()
-        for key, value in self.model.state_dict().items():
+        for key, value in model.state_dict().items():
             value = value.detach().cpu().contiguous()
             if value.untyped_storage().data_ptr() in storages:
                 value = value.clone()
@@ -372,6 +397,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "rng": gather_objects(_rng_state()),  # one entry per rank
             "callbacks": {type(cb).__name__: cb.state_dict() for cb in self.callbacks},
+            "ema": self.ema.state_dict() if self.ema is not None else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -390,6 +416,8 @@ class Trainer:
         _set_rng_state(rng[self.world.rank] if len(rng) == self.world.size else rng[0])
         for cb in self.callbacks:
             cb.load_state_dict(state["callbacks"].get(type(cb).__name__, {}))
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
 
     def _schedule_key(self) -> str:
         """What the learning-rate schedule depends on; when it changes, the saved one no longer applies."""
