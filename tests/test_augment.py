@@ -1,7 +1,7 @@
 import torch
 
 from bigmodel.config import AugmentConfig
-from bigmodel.data.augment import ImageTransform, random_crop, random_erasing, random_hflip
+from bigmodel.data.augment import ImageTransform, mix_images, random_crop, random_erasing, random_hflip
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -55,3 +55,31 @@ def test_transform_is_reproducible_and_normalises():
     assert torch.equal(a, b)
     plain = ImageTransform([0.5], [0.25])({"pixels": x})["pixels"]
     assert torch.allclose(plain, (x.float() / 255 - 0.5) / 0.25)
+
+
+def test_mixup_blends_each_image_with_another_in_the_drawn_share():
+    x = torch.rand(16, 1, 8, 8)
+    mixed, with_, weight = mix_images(x, 0.4, 0.0, gen())
+    w = float(weight)
+    assert 0.0 <= w <= 1.0 and sorted(with_.tolist()) == list(range(16))
+    assert torch.allclose(mixed, w * x + (1 - w) * x[with_])
+    again = mix_images(x, 0.4, 0.0, gen())  # the batch's generator decides: resumable
+    assert torch.equal(again[0], mixed) and float(again[2]) == w
+
+
+def test_cutmix_pastes_one_patch_and_weighs_by_what_is_left():
+    x = torch.arange(16, dtype=torch.float32).view(16, 1, 1, 1).expand(16, 1, 8, 8).clone()  # image i is i
+    draws = [mix_images(x, 0.0, 1.0, gen(seed)) for seed in range(20)]
+    for mixed, with_, weight in draws:
+        own = (mixed == x).float().mean(dim=(1, 2, 3))  # each image's share of its own pixels
+        moved = with_ != torch.arange(16)
+        assert torch.allclose(own[moved], torch.full_like(own[moved], float(weight)))
+        assert ((mixed == x) | (mixed == x[with_])).all()  # every pixel is its own or its partner's
+    assert len({round(float(w), 3) for _, _, w in draws}) > 5  # patch sizes vary
+
+
+def test_a_transform_with_mixing_marks_the_batch_for_the_loss():
+    transform = ImageTransform([0.5], [0.5], AugmentConfig(mixup=0.2, cutmix=1.0))
+    out = transform({"pixels": torch.randint(0, 255, (8, 1, 6, 6), dtype=torch.uint8)}, gen())
+    assert set(out) == {"pixels", "mix_with", "mix_weight"}
+    assert set(transform({"pixels": torch.zeros(8, 1, 6, 6, dtype=torch.uint8)}, None)) == {"pixels"}

@@ -28,6 +28,8 @@ class AugmentConfig(Section):
     crop_padding: int = Field(0, ge=0, description="random crop after zero padding by this many pixels")
     hflip: bool = Field(False, description="random horizontal flip")
     random_erasing: float = Field(0.0, ge=0.0, le=1.0, description="probability of erasing one rectangle")
+    mixup: float = Field(0.0, ge=0.0, description="mixup's Beta(a, a): blend pairs of images and labels")
+    cutmix: float = Field(0.0, ge=0.0, description="cutmix's Beta(a, a): paste a patch of another image")
 
 
 class DataConfig(Section):

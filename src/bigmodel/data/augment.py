@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from bigmodel.config import AugmentConfig
+from bigmodel.data.loader import MIX_WEIGHT, MIX_WITH
 
 
 def random_crop(x: torch.Tensor, padding: int, gen: torch.Generator) -> torch.Tensor:
@@ -58,6 +60,31 @@ def random_erasing(
     return x.masked_fill(mask[:, None], 0)
 
 
+def mix_images(
+    x: torch.Tensor, mixup: float, cutmix: float, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mixup (Zhang et al. 2018) or CutMix (Yun et al. 2019), one drawn per batch where both are on:
+    each image is blended with (mixup), or gets a patch of (cutmix), image ``with_[i]`` of a shuffle of
+    the batch; ``weight`` is the share of its own, in which the loss mixes the two labels. Written here:
+    torchvision's and timm's versions come with packages bigmodel does not otherwise need."""
+    n, _, h, w = x.shape
+    use_cutmix = cutmix > 0 and (mixup == 0 or bool(torch.rand((), generator=gen) < 0.5))
+    alpha = cutmix if use_cutmix else mixup
+    seed = int(torch.randint(0, 2**62, (), generator=gen))  # Beta from numpy: torch's takes no generator
+    weight = float(np.random.default_rng(seed).beta(alpha, alpha))
+    with_ = torch.randperm(n, generator=gen)
+    if not use_cutmix:
+        return weight * x + (1 - weight) * x[with_], with_, torch.tensor([weight])
+    cut_h, cut_w = int(h * math.sqrt(1 - weight)), int(w * math.sqrt(1 - weight))
+    cy, cx = (int(torch.randint(0, size, (), generator=gen)) for size in (h, w))
+    top, bottom = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, h)
+    left, right = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, w)
+    x = x.clone()
+    x[:, :, top:bottom, left:right] = x[with_, :, top:bottom, left:right]
+    kept = 1 - (bottom - top) * (right - left) / (h * w)  # the patch as cut, clipped at the border
+    return x, with_, torch.tensor([kept])
+
+
 class ImageTransform:
     """uint8 batch → normalised float batch, with the configured training augmentation."""
 
@@ -78,4 +105,7 @@ class ImageTransform:
         x = (x.float().div_(255.0) - self.mean) / self.std
         if aug is not None and gen is not None and aug.random_erasing > 0:
             x = random_erasing(x, aug.random_erasing, gen)
+        if aug is not None and gen is not None and (aug.mixup or aug.cutmix) and len(x) > 1:
+            x, with_, weight = mix_images(x, aug.mixup, aug.cutmix, gen)
+            return {"pixels": x, MIX_WITH: with_, MIX_WEIGHT: weight}
         return {"pixels": x}

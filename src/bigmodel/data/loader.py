@@ -45,6 +45,14 @@ def move(batch: Batch, device: torch.device, channels_last: bool = False) -> Bat
     return out
 
 
+MIX_WITH, MIX_WEIGHT = "mix_with", "mix_weight"  # a mixed batch's plan (augment.mix_images), for the loss
+
+
+def model_inputs(batch: Batch) -> Batch:
+    """What the model reads of a batch: not its labels, nor a mixed batch's plan."""
+    return {key: value for key, value in batch.items() if key not in ("labels", MIX_WITH, MIX_WEIGHT)}
+
+
 Transform = Callable[[dict[str, torch.Tensor], torch.Generator | None], dict[str, torch.Tensor]]
 
 

@@ -41,7 +41,7 @@ from torch.distributed.checkpoint.state_dict import (
 from bigmodel.config import Config, TrainConfig
 from bigmodel.data import BatchLoader, DataBundle, DataInfo, TensorSplit
 from bigmodel.data.bundle import IGNORE
-from bigmodel.data.loader import Batch, move
+from bigmodel.data.loader import MIX_WEIGHT, MIX_WITH, Batch, model_inputs, move
 from bigmodel.device import (
     autocast,
     keep_freed_memory,
@@ -240,11 +240,16 @@ class Trainer:
         """The training objective of one batch already on the device: (loss, logits, the labels they
         predict). ``model`` defaults to the training forward (DDP, compiled); the profiler counts the
         plain one."""
-        features = {key: value for key, value in batch.items() if key != "labels"}
+        features = model_inputs(batch)
         with autocast(self.device, self.dtype):
             out = self.task.output(model or self.forward_model, features)
         predicted = self.task.targets(out, batch["labels"])
-        return self.task.loss(out, predicted, self.cfg.train.label_smoothing), out.logits, predicted
+        loss = self.task.loss(out, predicted, self.cfg.train.label_smoothing)
+        if MIX_WITH in batch:  # mixup or cutmix: the labels mixed in the images' shares
+            other = self.task.loss(out, predicted[batch[MIX_WITH]], self.cfg.train.label_smoothing)
+            weight = batch[MIX_WEIGHT].to(loss.dtype)[0]
+            loss = weight * loss + (1 - weight) * other
+        return loss, out.logits, predicted
 
     def train_batch(self, batch: Batch, step: bool = True) -> tuple[float, int]:
         """One batch: forward, backward, its share of the epoch's sums, and the optimizer step when

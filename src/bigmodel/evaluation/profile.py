@@ -30,7 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, 
 
 from bigmodel.config import Config, apply_overrides, load_config, validate_config
 from bigmodel.data import BatchLoader, DataBundle
-from bigmodel.data.loader import Batch, move
+from bigmodel.data.loader import Batch, model_inputs, move
 from bigmodel.device import autocast, cpu_has_native_bf16
 from bigmodel.engine.trainer import Trainer
 from bigmodel.errors import UserError
@@ -254,7 +254,7 @@ def profile_model(model: nn.Module, data: DataBundle, cfg: Config, steps: int = 
     channels_last = trainer.channels_last
     model.train()
     batch, loader_ms = _first_batch(trainer.train_loader)
-    features = {k: v for k, v in batch.items() if k != "labels"}
+    features = model_inputs(batch)
     n = len(next(iter(features.values())))
     mask = features.get("attention_mask")
     tokens = int(mask.sum()) if mask is not None else None

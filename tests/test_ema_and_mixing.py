@@ -1,5 +1,5 @@
 """train.ema: an exponential moving average of the weights is what validation, the best checkpoint and
-the test score see, and a run with one resumes exactly."""
+the test score see, and a run with one resumes exactly; so do runs with mixup and cutmix."""
 
 from __future__ import annotations
 
@@ -48,3 +48,17 @@ def test_a_run_with_a_moving_average_resumes_exactly(tmp_path: Path):
 def test_a_decay_outside_0_1_is_a_one_line_error():
     with pytest.raises(UserError, match="train.ema=1.5"):
         load_config(None, ["train.ema=1.5"])
+
+
+def test_mixup_and_cutmix_train_and_resume_exactly(tmp_path: Path):
+    args = [*DIGITS_ARGS, "data.augment.mixup=0.2", "data.augment.cutmix=1.0", "optim.schedule=constant"]
+    args += ["train.precision=fp32", "train.deterministic=true"]
+    straight = train(load_config(None, [*args, "train.epochs=3"]), out=tmp_path / "straight")
+    halted = train(load_config(None, [*args, "train.epochs=2"]), out=tmp_path / "halted")
+    resume(halted, ["train.epochs=3"])
+    a, b = last_weights(straight), last_weights(halted)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    report = json.loads((straight / "report.json").read_text())
+    assert report["test"]["accuracy"] > 0.8  # mixed batches still teach digits
+    history = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
+    assert history[-1]["train/accuracy"] < history[-1]["val/accuracy"]  # mixed images are harder
