@@ -338,3 +338,30 @@ def test_digits() -> None:
     assert x.max() == 255 and x.min() == 0
     assert y.dtype == np.int64
     assert set(np.unique(y)) == set(range(10))
+
+
+def test_an_image_in_two_splits_is_left_out_of_the_test_and_copies_split_together(tmp_path: Path, capsys):
+    from bigmodel.config import DataConfig
+    from bigmodel.data.vision import build_image_data
+
+    x, y = load_digits()
+    root = tmp_path / "folder"
+    for split, numbers in (("train", range(0, 60)), ("test", range(60, 80))):
+        for i in numbers:
+            (root / split / str(y[i])).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(x[i, 0]).save(root / split / str(y[i]) / f"{i}.png")
+    for copy in (1, 2, 3):  # a training image three more times, and two test images that are training images
+        Image.fromarray(x[0, 0]).save(root / "train" / str(y[0]) / f"copy{copy}.png")
+    for i in (5, 6):
+        Image.fromarray(x[i, 0]).save(root / "test" / str(y[i]) / f"seen{i}.png")
+    data = build_image_data(DataConfig(name=None, path=str(root), val_fraction=0.2))
+    err = capsys.readouterr().err
+    assert "3 training and 0 test images repeat an earlier one of their split (the same pixels)" in err
+    assert "2 test images are training images, left out of the test split" in err
+    assert len(data.test) == 20 and len(data.train) + len(data.val) == 63
+    image = np.ascontiguousarray(x[0])
+    counts = [
+        int((split.features["pixels"].numpy() == image).reshape(len(split), -1).all(1).sum())
+        for split in (data.train, data.val)
+    ]
+    assert sorted(counts) == [0, 4]  # the four copies are on one side of the split

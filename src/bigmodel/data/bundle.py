@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -58,6 +59,25 @@ def carve(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     mask = np.zeros(n, dtype=bool)
     mask[carved] = True
     return np.flatnonzero(~mask), np.flatnonzero(mask)
+
+
+def group_ids(keys: Iterable[Hashable]) -> np.ndarray:
+    """For each key the number of its distinct value, numbered in order of first appearance."""
+    seen: dict[Hashable, int] = {}
+    return np.array([seen.setdefault(key, len(seen)) for key in keys], dtype=np.int64)
+
+
+def carve_groups(group: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``carve`` over distinct values (``group_ids``): all copies of one land on the same side. Without
+    copies it carves exactly what ``carve`` does."""
+    _, carved = carve(int(group.max()) + 1 if len(group) else 0, fraction, seed)
+    mask = np.isin(group, carved)
+    return np.flatnonzero(~mask), np.flatnonzero(mask)
+
+
+def conflicting(labels: np.ndarray, group: np.ndarray) -> int:
+    """How many repeated values have copies that disagree on the label."""
+    return sum(len(set(labels[group == g].tolist())) > 1 for g in np.flatnonzero(np.bincount(group) > 1))
 
 
 def sample(index: np.ndarray, limit: int | None, seed: int, labels: np.ndarray | None = None) -> np.ndarray:

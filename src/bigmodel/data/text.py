@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from bigmodel.config import DataConfig
-from bigmodel.data.bundle import DataBundle, DataInfo, sample
+from bigmodel.data.bundle import DataBundle, DataInfo, conflicting, group_ids, sample
 from bigmodel.data.loader import TensorSplit
 from bigmodel.errors import UserError
 
@@ -403,9 +403,10 @@ def _given_test_split(
     test = np.arange(given, len(group))
     test = test[group[test] >= trained]
     repeats = (given - trained, len(test) - len(np.unique(group[test])))
+    clashes = conflicting(table.labels, group)
     print(
         f"warning: {table.source}: {repeats[0]:,} training texts and {repeats[1]:,} test texts repeat an "
-        f"earlier one of their split (cleaned, case aside), {_conflicting(table, group):,} with conflicting "
+        f"earlier one of their split (cleaned, case aside), {clashes:,} with conflicting "
         f"labels, all kept; {len(test):,} of the {len(group) - given:,} test texts given are no training "
         "text's and make the test split, so no text is in two",
         file=sys.stderr,
@@ -413,18 +414,10 @@ def _given_test_split(
     return train, val, test
 
 
-def _conflicting(table: _Table, group: np.ndarray) -> int:
-    """How many repeated texts have copies that disagree on the label."""
-    return sum(
-        len(set(table.labels[group == g].tolist())) > 1 for g in np.flatnonzero(np.bincount(group) > 1)
-    )
-
-
 def duplicate_groups(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """The index of each distinct text's first copy, and for every text the number of its distinct text
     (texts compared cleaned and case-folded, as a reader would)."""
-    seen: dict[str, int] = {}
-    group = np.array([seen.setdefault(clean_text(t).casefold(), len(seen)) for t in texts], dtype=np.int64)
+    group = group_ids(clean_text(t).casefold() for t in texts)
     first = np.unique(group, return_index=True)[1]
     return first, group
 
@@ -432,9 +425,10 @@ def duplicate_groups(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
 def _warn_duplicates(table: _Table, group: np.ndarray, distinct: int) -> None:
     copies = len(group) - distinct
     if copies:
+        clashes = conflicting(table.labels, group)
         print(
             f"warning: {table.source}: {copies} texts repeat an earlier one (cleaned, case aside), "
-            f"{_conflicting(table, group)} of the repeated texts with conflicting labels; all are kept, each "
+            f"{clashes} of the repeated texts with conflicting labels; all are kept, each "
             "text's copies in one split, so no text is in two",
             file=sys.stderr,
         )

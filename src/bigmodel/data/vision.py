@@ -6,6 +6,8 @@ training split's per-channel mean and std (computed here, saved with the run).
 
 from __future__ import annotations
 
+import hashlib
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,16 @@ import bigmodel.data.images as images
 import bigmodel.data.sources as sources
 from bigmodel.config import AugmentConfig, DataConfig
 from bigmodel.data.augment import ImageTransform
-from bigmodel.data.bundle import DataBundle, DataInfo, carve, sample, to_split
+from bigmodel.data.bundle import (
+    DataBundle,
+    DataInfo,
+    carve,
+    carve_groups,
+    conflicting,
+    group_ids,
+    sample,
+    to_split,
+)
 from bigmodel.errors import UserError
 
 FASHION_CLASSES = [
@@ -31,7 +42,12 @@ Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]  # x_t
 def build_image_data(cfg: DataConfig) -> DataBundle:
     x_train, y_train, x_test, y_test, classes = _read_named(cfg.name) if cfg.name else _read_path(cfg)
     x_train, x_test = (_conform(x, cfg.image_size, cfg.channels) for x in (x_train, x_test))
-    keep, val = carve(len(y_train), cfg.val_fraction, cfg.split_seed)
+    source = cfg.name or str(cfg.path)
+    group = group_ids(
+        hashlib.blake2b(image.tobytes(), digest_size=16).digest() for image in (*x_train, *x_test)
+    )
+    keep, val = carve_groups(group[: len(y_train)], cfg.val_fraction, cfg.split_seed)
+    x_test, y_test = _distinct_test(source, group, np.concatenate([y_train, y_test]), x_test, y_test)
     keep = sample(keep, cfg.limit, cfg.split_seed, y_train)
     x_fit = x_train[keep]
     mean, std = _channel_stats(x_fit)
@@ -39,7 +55,7 @@ def build_image_data(cfg: DataConfig) -> DataBundle:
         kind="image",
         classes=classes,
         input_shape=list(x_train.shape[1:]),
-        source=cfg.name or str(cfg.path),
+        source=source,
         mean=mean,
         std=std,
     )
@@ -51,6 +67,26 @@ def build_image_data(cfg: DataConfig) -> DataBundle:
         train_transform=image_transform(info, cfg.augment),
         eval_transform=image_transform(info),
     )
+
+
+def _distinct_test(
+    source: str, group: np.ndarray, labels: np.ndarray, x_test: np.ndarray, y_test: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The test images that are no training image (the same pixels), the repeats counted in one line:
+    exact copies are cheap to find in images, and a copy in two splits is a test the model has seen."""
+    trained = len(labels) - len(y_test)
+    seen = int(group[:trained].max()) + 1 if trained else 0  # groups are numbered as first met: train first
+    new = group[trained:] >= seen
+    repeats = (trained - seen, int(new.sum()) - len(np.unique(group[trained:][new])))
+    if repeats != (0, 0) or not new.all():
+        print(
+            f"warning: {source}: {repeats[0]:,} training and {repeats[1]:,} test images repeat an earlier "
+            f"one of their split (the same pixels), {conflicting(labels, group):,} with conflicting "
+            f"labels, all kept; {int((~new).sum()):,} test images are training images, left out of the "
+            "test split, so no image is in two",
+            file=sys.stderr,
+        )
+    return x_test[new], y_test[new]
 
 
 def image_transform(info: DataInfo, augment: AugmentConfig | None = None) -> ImageTransform:
