@@ -30,6 +30,7 @@ KINDS = {
     "cnn": [*DIGITS_DATA, "model.width=8", "model.depth=2"],
     "resnet": [*DIGITS_DATA, "model.width=8", "model.blocks=[1,1]"],
     "bow": [*TEXT_DATA, "model.embed_dim=16", "model.buckets=4096"],
+    "nbsvm": [*TEXT_DATA, "model.buckets=4096"],
     "rnn": [*TEXT_DATA, "model.embed_dim=16", "model.hidden=16"],
     "lstm": [*TEXT_DATA, "model.embed_dim=16", "model.hidden=16"],
     "gru": [*TEXT_DATA, "model.embed_dim=16", "model.hidden=16", "model.pooling=mean"],

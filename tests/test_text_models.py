@@ -11,6 +11,7 @@ import torch.nn as nn
 
 from bigmodel.config import ModelConfig
 from bigmodel.data.bundle import DataInfo
+from bigmodel.data.loader import TensorSplit
 from bigmodel.errors import UserError
 from bigmodel.models import build_model, list_models
 
@@ -28,6 +29,8 @@ TINY_BERT = {"hidden_size": 16, "layers": 2, "heads": 2, "intermediate_size": 32
 CASES = [
     ("bow", {"embed_dim": 8, "buckets": 64}),
     ("bow", {"embed_dim": 8, "ngrams": 3, "buckets": 64}),
+    ("nbsvm", {"buckets": 64}),
+    ("nbsvm", {"ngrams": 3, "buckets": 64}),
     ("rnn", {"embed_dim": 8, "hidden": 8, "pooling": "last"}),
     ("lstm", {"embed_dim": 8, "hidden": 8, "layers": 2, "pooling": "last"}),
     ("lstm", {"embed_dim": 8, "hidden": 8, "bidirectional": False, "pooling": "mean"}),
@@ -61,7 +64,26 @@ def batch(lengths: list[int], width: int, seed: int = 0) -> tuple[torch.Tensor, 
 
 
 def test_every_text_model_is_registered():
-    assert {"bow", "rnn", "lstm", "gru", "attention", "transformer", "bert"} <= set(list_models())
+    assert {"bow", "nbsvm", "rnn", "lstm", "gru", "attention", "transformer", "bert"} <= set(list_models())
+
+
+def test_nbsvm_scales_each_feature_by_its_naive_bayes_ratio_and_counts_it_once():
+    info = DataInfo(kind="text", classes=["neg", "pos"], input_shape=[6], source="test", vocab_size=10)
+    model = build("nbsvm", {"buckets": 32}, info)
+    # token 3 only in positive texts, 4 only in negative ones, 5 in both
+    ids = torch.tensor([[3, 5, 3, 0], [3, 5, 1, 0], [4, 5, 2, 0], [4, 4, 0, 0]])
+    mask = (ids > 0).long()
+    model.fit_data(TensorSplit({"input_ids": ids, "attention_mask": mask}, torch.tensor([1, 1, 0, 0])))
+    r = model.token_ratios
+    assert r[3, 1] > 0 > r[4, 1] and r[3, 1] == -r[3, 0]  # two classes: one ratio, mirrored
+    assert r[4, 1] < r[5, 1] < r[3, 1]  # in every text: weaker evidence than either
+    with torch.no_grad():
+        model.embeddings.weight.fill_(1.0)
+    once, twice = (
+        model(input_ids=torch.tensor([x]), attention_mask=torch.ones(1, len(x), dtype=torch.long))
+        for x in ([3, 5], [3, 5, 3, 3])
+    )
+    assert torch.allclose(once.logits, twice.logits)  # presence, not counts
 
 
 @pytest.mark.parametrize(("name", "settings"), CASES, ids=IDS)

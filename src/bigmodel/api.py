@@ -30,6 +30,7 @@ from bigmodel.evaluation.report import log_test_metrics
 from bigmodel.evaluation.scoring import load_with_data, run_data, split_metrics
 from bigmodel.models import build_model
 from bigmodel.models.custom import give_user_model
+from bigmodel.models.output import Model
 from bigmodel.run import RunDir, count_parameters, new_run_dir
 from bigmodel.tasks import generates, task_for
 
@@ -87,6 +88,8 @@ def train(
     """
     cfg = load_config(config, overrides, give_user_model(model) if model is not None else None)
     data, built = _prepare(cfg)
+    if isinstance(built, Model):
+        built.fit_data(data.train)  # a resumed or loaded run has them in its weights
     trainer = None
     try:
         trainer = Trainer(built, data, cfg)  # joins the torchrun job, if any

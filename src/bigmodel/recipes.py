@@ -65,6 +65,11 @@ RECIPES: dict[tuple[str, str], dict[str, Any]] = {
         "train": {"epochs": 5, "batch_size": 64},
         "optim": {"name": "adamw", "lr": 3e-3, "weight_decay": 0.0, "schedule": "onecycle"},
     },
+    ("nbsvm", "text"): {  # a first measure (docs/results.md): it fits the training split within 2 epochs
+        "data": {"max_length": 1024, "vocab_size": 30000},
+        "train": {"epochs": 2, "batch_size": 64},
+        "optim": {"name": "adamw", "lr": 0.01, "weight_decay": 0.0, "schedule": "onecycle"},
+    },
     ("rnn", "text"): _RECURRENT,
     ("lstm", "text"): _RECURRENT,
     ("gru", "text"): _RECURRENT,

@@ -46,6 +46,10 @@ class Model(nn.Module):
         other embedding that reads the token ids."""
         return [self.embeddings]
 
+    def fit_data(self, train: Any) -> None:
+        """Statistics of the training split (a ``TensorSplit``) that a new model starts from, computed
+        once before the first step and saved with its weights (NBSVM's ratios); most models need none."""
+
     def exporting(self) -> contextlib.AbstractContextManager[None]:
         """The same function in the form an ONNX runtime runs fastest; the default is the model as it is."""
         return contextlib.nullcontext()

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from bigmodel.data.bundle import DataInfo
+from bigmodel.data.loader import TensorSplit
 from bigmodel.errors import UserError
 from bigmodel.models.output import Model, ModelOutput
 from bigmodel.models.registry import register_model
@@ -88,6 +89,69 @@ class BagOfNgrams(Model):
             features = torch.cat([features, self.ngram_embeddings(ngram_ids)], 1)  # (B, L+M, D)
             keep = torch.cat([mask, ngram_keep], 1)
         return ModelOutput(logits=self.head(self.dropout(masked_mean(features, keep))))
+
+
+def distinct_positions(ids: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """One kept position for each distinct id in its row: a text's features counted once
+    (present or not), as NBSVM's binarized features are."""
+    marked = torch.where(keep, ids, torch.full_like(ids, -1))
+    ordered, order = marked.sort(dim=1)  # which copy counts does not matter: they weigh the same
+    first = torch.ones_like(ordered, dtype=torch.bool)
+    first[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    return torch.zeros_like(first).scatter(1, order, first) & keep
+
+
+class NaiveBayesLinear(BagOfNgrams):
+    """NBSVM (Wang & Manning 2012) trained as logistic regression: a linear classifier over the presence of
+    each token and hashed n-gram, each feature scaled, per class, by its Naive-Bayes log-count ratio
+    r = log((p / |p|) / (q / |q|)), where p counts the training texts of the class that hold the feature
+    and q those of the other classes, both plus ``alpha``. The ratios come from the training split before
+    the first step (``fit_data``) and are saved with the weights, so a resumed or loaded run scores alike.
+    The embeddings are one weight per feature and class; they start at zero (the problem is convex)."""
+
+    def __init__(self, vocab: int, pad: int, classes: int, ngrams: int, buckets: int, alpha: float):
+        super().__init__(vocab, pad, classes, classes, ngrams, buckets, 0.0)
+        self.alpha = alpha
+        del self.head, self.dropout
+        self.bias = nn.Parameter(torch.zeros(classes))
+        self.register_buffer("token_ratios", torch.ones(vocab, classes))
+        self.register_buffer("ngram_ratios", torch.ones(buckets if ngrams > 1 else 0, classes))
+        for table in self.embedding_layers():
+            nn.init.zeros_(table.weight)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> ModelOutput:
+        mask = attention_mask.bool()
+        keep = distinct_positions(input_ids, mask)
+        scores = self.embeddings(input_ids) * self.token_ratios[input_ids]  # (B, L, C)
+        logits = (scores * keep[..., None]).sum(1) + self.bias
+        if self.ngram_embeddings is not None:
+            ngram_ids, ngram_keep = self.hashed_ngrams(input_ids, mask)
+            ngram_keep = distinct_positions(ngram_ids, ngram_keep)
+            ngram_scores = self.ngram_embeddings(ngram_ids) * self.ngram_ratios[ngram_ids]
+            logits = logits + (ngram_scores * ngram_keep[..., None]).sum(1)
+        return ModelOutput(logits=logits)
+
+    @torch.no_grad()
+    def fit_data(self, train: TensorSplit) -> None:
+        classes = self.bias.shape[0]
+        counts = [torch.zeros(classes, len(self.token_ratios)), torch.zeros(classes, len(self.ngram_ratios))]
+        for start in range(0, len(train), 1024):
+            rows = torch.arange(start, min(start + 1024, len(train)))
+            batch = train.take(rows)
+            ids, mask = batch.features["input_ids"].long(), batch.features["attention_mask"].bool()
+            labels = batch.labels[:, None]
+            found = [(ids, distinct_positions(ids, mask))]
+            if self.ngram_embeddings is not None:
+                ngram_ids, ngram_keep = self.hashed_ngrams(ids, mask)
+                found.append((ngram_ids, distinct_positions(ngram_ids, ngram_keep)))
+            for count, (where, present) in zip(counts, found, strict=False):
+                count.index_put_((labels.expand_as(where), where), present.float(), accumulate=True)
+        for ratios, count in zip((self.token_ratios, self.ngram_ratios), counts, strict=True):
+            if not count.numel():
+                continue
+            p = count + self.alpha  # (C, F): texts of each class holding each feature
+            q = count.sum(0, keepdim=True) - count + self.alpha  # ... of the other classes
+            ratios.copy_((torch.log(p / p.sum(1, keepdim=True)) - torch.log(q / q.sum(1, keepdim=True))).T)
 
 
 # --- recurrent networks ---------------------------------------------------------------------------
@@ -368,6 +432,17 @@ def bow(
     return BagOfNgrams(
         info.vocab_size, info.pad_token_id, info.num_classes, embed_dim, ngrams, buckets, dropout
     )
+
+
+@register_model("nbsvm", "text")
+def nbsvm(info: DataInfo, ngrams: int = 2, buckets: int = 2**20, alpha: float = 1.0) -> nn.Module:
+    if ngrams < 1:
+        raise UserError(f"model.ngrams={ngrams} must be at least 1 (1 = tokens only, 2 = add bigrams)")
+    if not 0 < buckets <= 2**31:
+        raise UserError(f"model.buckets={buckets} must be between 1 and 2**31")
+    if alpha <= 0:
+        raise UserError(f"model.alpha={alpha} must be above 0 (Naive Bayes' smoothing count; 1 is usual)")
+    return NaiveBayesLinear(info.vocab_size, info.pad_token_id, info.num_classes, ngrams, buckets, alpha)
 
 
 def _recurrent_builder(cell: str) -> Callable[..., nn.Module]:
