@@ -65,10 +65,12 @@ RECIPES: dict[tuple[str, str], dict[str, Any]] = {
         "train": {"epochs": 5, "batch_size": 64},
         "optim": {"name": "adamw", "lr": 3e-3, "weight_decay": 0.0, "schedule": "onecycle"},
     },
-    ("nbsvm", "text"): {  # a first measure (docs/results.md): it fits the training split within 2 epochs
+    # Decay chosen by IMDB validation accuracy among 0, 0.1, 1, 2 and 4 (docs/results.md): unregularised,
+    # it fits the training split within an epoch.
+    ("nbsvm", "text"): {
         "data": {"max_length": 1024, "vocab_size": 30000},
         "train": {"epochs": 2, "batch_size": 64},
-        "optim": {"name": "adamw", "lr": 0.01, "weight_decay": 0.0, "schedule": "onecycle"},
+        "optim": {"name": "adamw", "lr": 0.01, "weight_decay": 2.0, "schedule": "onecycle"},
     },
     ("rnn", "text"): _RECURRENT,
     ("lstm", "text"): _RECURRENT,
