@@ -26,6 +26,8 @@ def test_naming_the_data_and_the_model_gets_that_models_recipe():
     )
     assert (image.train.epochs, image.optim.lr) == (12, 3e-3)  # the image CNN's, unchanged
     assert lstm.data.augment.crop_padding == 0  # nothing of the image recipe reaches a text model
+    own = load_config(None, [f"model.name={ROOT / 'examples' / 'seed_cnn.py'}:CNN"])  # no recipe of its own
+    assert (own.train.epochs, own.optim.lr, own.optim.schedule) == (12, 3e-3, "onecycle")  # the default's
     bert = load_config(None, ["data.name=imdb", "model.name=bert"])
     assert (bert.optim.lr, bert.optim.schedule, bert.train.batch_size) == (5e-5, "cosine", 32)
 

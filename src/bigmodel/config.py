@@ -211,8 +211,10 @@ class Config(Section):
 
 
 def with_recipe(raw: dict[str, Any], data: dict[str, Any] | None = None) -> dict[str, Any]:
-    """``raw`` (a data name and a model) with the model's recipe for ``data`` (default: raw's own)."""
-    recipe = recipe_for(raw["model"]["name"], data if data is not None else raw["data"]) or {}
+    """``raw`` (a data name and a model) with the model's recipe for ``data`` (default: raw's own); a
+    model without one (the user's own, a pretraining objective) gets the default ``cnn``'s, as before."""
+    recipe = recipe_for(raw["model"]["name"], data if data is not None else raw["data"])
+    recipe = recipe or recipe_for("cnn", {"name": "fashion-mnist"}) or {}
     return {
         "data": {**raw["data"], **recipe.get("data", {})},
         "model": {**raw["model"], **recipe.get("model", {})},
