@@ -75,6 +75,16 @@ def carve_groups(group: np.ndarray, fraction: float, seed: int) -> tuple[np.ndar
     return np.flatnonzero(~mask), np.flatnonzero(mask)
 
 
+def unseen_in_test(group: np.ndarray, given: int) -> tuple[np.ndarray, int, int]:
+    """For ``group_ids`` of training items followed by a given test split's (from ``given`` on): the test
+    positions (0 = the first test item) whose value no training item has, and how many training and
+    how many of those test items repeat an earlier one of their own split."""
+    distinct_trained = int(group[:given].max()) + 1 if given else 0  # numbered as first met: train first
+    test = group[given:]
+    unseen = np.flatnonzero(test >= distinct_trained)
+    return unseen, given - distinct_trained, len(unseen) - len(np.unique(test[unseen]))
+
+
 def conflicting(labels: np.ndarray, group: np.ndarray) -> int:
     """How many repeated values have copies that disagree on the label."""
     return sum(len(set(labels[group == g].tolist())) > 1 for g in np.flatnonzero(np.bincount(group) > 1))

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from bigmodel.config import DataConfig
-from bigmodel.data.bundle import DataBundle, DataInfo, conflicting, group_ids, sample
+from bigmodel.data.bundle import DataBundle, DataInfo, conflicting, group_ids, sample, unseen_in_test
 from bigmodel.data.loader import TensorSplit
 from bigmodel.errors import UserError
 
@@ -394,15 +394,13 @@ def _given_test_split(
     from sklearn.model_selection import train_test_split
 
     given = table.test_from
-    # Groups are numbered in order of first appearance: those of the training texts come first.
-    trained = int(group[:given].max()) + 1
+    unseen, *repeats = unseen_in_test(group, given)
+    trained = given - repeats[0]  # distinct training texts, numbered first
     train, val = train_test_split(
         np.arange(trained), test_size=val_fraction, stratify=table.labels[first[:trained]], random_state=seed
     )
     train, val = (np.flatnonzero(np.isin(group[:given], part)) for part in (train, val))
-    test = np.arange(given, len(group))
-    test = test[group[test] >= trained]
-    repeats = (given - trained, len(test) - len(np.unique(group[test])))
+    test = given + unseen
     clashes = conflicting(table.labels, group)
     print(
         f"warning: {table.source}: {repeats[0]:,} training texts and {repeats[1]:,} test texts repeat an "

@@ -27,6 +27,7 @@ from bigmodel.data.bundle import (
     group_ids,
     sample,
     to_split,
+    unseen_in_test,
 )
 from bigmodel.errors import UserError
 
@@ -74,19 +75,17 @@ def _distinct_test(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The test images that are no training image (the same pixels), the repeats counted in one line:
     exact copies are cheap to find in images, and a copy in two splits is a test the model has seen."""
-    trained = len(labels) - len(y_test)
-    seen = int(group[:trained].max()) + 1 if trained else 0  # groups are numbered as first met: train first
-    new = group[trained:] >= seen
-    repeats = (trained - seen, int(new.sum()) - len(np.unique(group[trained:][new])))
-    if repeats != (0, 0) or not new.all():
+    unseen, *repeats = unseen_in_test(group, len(labels) - len(y_test))
+    left_out = len(y_test) - len(unseen)
+    if repeats != [0, 0] or left_out:
         print(
             f"warning: {source}: {repeats[0]:,} training and {repeats[1]:,} test images repeat an earlier "
             f"one of their split (the same pixels), {conflicting(labels, group):,} with conflicting "
-            f"labels, all kept; {int((~new).sum()):,} test images are training images, left out of the "
+            f"labels, all kept; {left_out:,} test images are training images, left out of the "
             "test split, so no image is in two",
             file=sys.stderr,
         )
-    return x_test[new], y_test[new]
+    return x_test[unseen], y_test[unseen]
 
 
 def image_transform(info: DataInfo, augment: AugmentConfig | None = None) -> ImageTransform:
