@@ -419,16 +419,20 @@ def _heads_divide(dim: int, heads: int, model: str) -> None:
         raise UserError(f"model.dim={dim} must be a multiple of model.heads={heads} for model {model!r}")
 
 
+def _check_ngrams(ngrams: int, buckets: int) -> None:
+    if ngrams < 1:
+        raise UserError(f"model.ngrams={ngrams} must be at least 1 (1 = tokens only, 2 = add bigrams)")
+    if not 0 < buckets <= 2**31:
+        raise UserError(f"model.buckets={buckets} must be between 1 and 2**31")
+
+
 @register_model("bow", "text")
 def bow(
     info: DataInfo, embed_dim: int = 64, ngrams: int = 2, buckets: int = 2**18, dropout: float = 0.2
 ) -> nn.Module:
     # 2**18 buckets × 64 = 17M weights (67 MB, 270 MB with Adam's state): room for IMDB's common
     # bigrams, while the optimizer step over the table stays cheap on two cores.
-    if ngrams < 1:
-        raise UserError(f"model.ngrams={ngrams} must be at least 1 (1 = tokens only, 2 = add bigrams)")
-    if not 0 < buckets <= 2**31:
-        raise UserError(f"model.buckets={buckets} must be between 1 and 2**31")
+    _check_ngrams(ngrams, buckets)
     return BagOfNgrams(
         info.vocab_size, info.pad_token_id, info.num_classes, embed_dim, ngrams, buckets, dropout
     )
@@ -436,10 +440,7 @@ def bow(
 
 @register_model("nbsvm", "text")
 def nbsvm(info: DataInfo, ngrams: int = 2, buckets: int = 2**20, alpha: float = 1.0) -> nn.Module:
-    if ngrams < 1:
-        raise UserError(f"model.ngrams={ngrams} must be at least 1 (1 = tokens only, 2 = add bigrams)")
-    if not 0 < buckets <= 2**31:
-        raise UserError(f"model.buckets={buckets} must be between 1 and 2**31")
+    _check_ngrams(ngrams, buckets)
     if alpha <= 0:
         raise UserError(f"model.alpha={alpha} must be above 0 (Naive Bayes' smoothing count; 1 is usual)")
     return NaiveBayesLinear(info.vocab_size, info.pad_token_id, info.num_classes, ngrams, buckets, alpha)
