@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install install-dev data browser lint clean
+.PHONY: demo test install install-dev data browser postgres lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,10 +40,20 @@ browser:
 		echo "the report tests need chromium and chromium-driver: install them (as root: apt-get install chromium chromium-driver)"; \
 	fi
 
+# PostgreSQL's server programs: the tune tests start a server of their own on 127.0.0.1.
+postgres:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		apt-get install -y -q postgresql >/dev/null 2>&1 \
+		|| (apt-get update -q >/dev/null && apt-get install -y -q postgresql >/dev/null); \
+	else \
+		echo "the tune tests need PostgreSQL's server: install it (as root: apt-get install postgresql)"; \
+	fi
+
 demo: install data
 	$(BIN)/bigmodel train
 
-test: install-dev data browser
+test: install-dev data browser postgres
 	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=15
 
 lint: install-dev

@@ -284,3 +284,46 @@ def no_torch_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
             (where / "installed").touch()
     assert subprocess.run([str(python), "-c", "import torch"], capture_output=True).returncode != 0
     return python
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL server of the tests' own (Debian's package, which `make test` installs): a new cluster
+    in a temporary directory, listening on 127.0.0.1 only, trusting local connections, stopped at the end."""
+    import pwd
+    import shutil
+    import socket
+    import tempfile
+
+    bindirs = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
+    found = bindirs[-1] / "initdb" if bindirs else shutil.which("initdb")
+    if not found:
+        pytest.fail("PostgreSQL's initdb not found: run `make test`, which installs Debian's postgresql")
+    bindir = Path(found).parent
+    root = Path(tempfile.mkdtemp(prefix="bigmodel-postgres-"))  # under /tmp: the server's user can reach it
+    as_server: list[str] = []
+    if os.geteuid() == 0:  # the server refuses to run as root
+        user = pwd.getpwnam("postgres")
+        os.chown(root, user.pw_uid, user.pw_gid)
+        as_server = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    data = root / "data"
+    pg_ctl = [*as_server, str(bindir / "pg_ctl"), "-D", str(data)]
+    try:
+        subprocess.run(
+            [*as_server, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"],
+            check=True,
+            capture_output=True,
+        )
+        options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1"
+        subprocess.run(
+            [*pg_ctl, "-l", str(root / "server.log"), "-w", "-t", "60", "-o", options, "start"],
+            check=True,
+            capture_output=True,
+        )
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*pg_ctl, "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)

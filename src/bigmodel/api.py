@@ -76,12 +76,15 @@ def train(
     overrides: list[str] | tuple[str, ...] = (),
     model: Any = None,
     out: str | Path | None = None,
+    callbacks: list[Callback] | tuple[Callback, ...] = (),
+    score_test: bool = True,
 ) -> Run | None:
     """Train into a new run directory and return it (None on the ranks other than 0 of a torchrun job,
     which write nothing). ``config`` is a YAML file, a mapping or a ``Config`` (default: Fashion-MNIST
     with the built-in CNN); ``overrides`` are ``section.key=value`` strings, as on the command line;
     ``model`` (an ``nn.Module`` subclass or a function returning one) replaces the config's model, its
-    arguments set as ``model.<name>=value`` overrides.
+    arguments set as ``model.<name>=value`` overrides. ``callbacks`` observe the loop beside the usual
+    ones; ``score_test=False`` leaves the test split unread (a tuning trial: see ``bigmodel.tune``).
 
     Data, model and device are all built before the directory is created, so a mistake in any of
     them leaves nothing behind.
@@ -94,11 +97,11 @@ def train(
     try:
         trainer = Trainer(built, data, cfg)  # joins the torchrun job, if any
         run = Run(new_run_dir(cfg.name or "run", out).root) if trainer.world.is_main else None
-        trainer.callbacks = default_callbacks(cfg, run)
+        trainer.callbacks = default_callbacks(cfg, run) + list(callbacks)
         if run is not None:
             run.create(cfg, data, built)
         try:
-            _fit_and_report(trainer, run)
+            _fit_and_report(trainer, run, score_test)
         except BaseException:
             if run is not None and not step_checkpoints(run.checkpoints_dir):
                 shutil.rmtree(run.root)  # nothing worth keeping: leave no half-written run behind
@@ -176,7 +179,7 @@ def default_callbacks(cfg: Config, run: RunDir | None) -> list[Callback]:
     return callbacks
 
 
-def _fit_and_report(trainer: Trainer, run: RunDir | None) -> None:
+def _fit_and_report(trainer: Trainer, run: RunDir | None, score_test: bool = True) -> None:
     try:
         trainer.fit()
     except RuntimeError as exc:
@@ -201,14 +204,13 @@ def _fit_and_report(trainer: Trainer, run: RunDir | None) -> None:
         return  # rank 0 reports
     print(f"stopped: {trainer.stop_reason}", file=sys.stderr)
     best = RunDir(run.root)  # the best checkpoint as saved: exactly what evaluate and predict load
-    val, test = (
-        split_metrics(best.model, trainer.data, s, trainer.cfg, trainer.device, trainer.dtype)
-        for s in ("val", "test")
-    )
+    scored = {
+        split: split_metrics(best.model, trainer.data, split, trainer.cfg, trainer.device, trainer.dtype)
+        for split in (("test", "val") if score_test else ("val",))
+    }
     history = trainer.history
     report = {
-        "test": test,
-        "val": val,
+        **scored,
         "train_seconds": history[-1]["elapsed_seconds"] if history else 0.0,
         "params": count_parameters(best.model),
         "epochs": trainer.epoch,
@@ -220,7 +222,8 @@ def _fit_and_report(trainer: Trainer, run: RunDir | None) -> None:
         "samples_per_s_median": _median([h["train/samples_per_s"] for h in history]),
     }
     run.write_results(report)
-    log_test_metrics(run.root, test, trainer.data.info.classes, trainer.epoch)
+    if score_test:
+        log_test_metrics(run.root, scored["test"], trainer.data.info.classes, trainer.epoch)
     if best.model.exports_hf:
         export_hf(best, trainer.data.tokenizer)
 

@@ -60,6 +60,23 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_train)
 
     p = sub.add_parser(
+        "tune", help="search hyperparameters (the config's tune: section) on Optuna; every trial a run"
+    )
+    p.add_argument("args", nargs="*", metavar="CONFIG [section.key=value ...]")
+    p.add_argument("--trials", type=int, help="trials in the study, over all workers (default: tune.trials)")
+    p.add_argument("--timeout", type=float, metavar="S", help="start no trial after S seconds")
+    p.add_argument("--study", help="the study's name (default: the config's name)")
+    p.add_argument(
+        "--storage",
+        metavar="URL",
+        help="a database shared by workers on any machine, e.g. postgresql://user:pw@host/db "
+        "(default: a journal file in the study's directory)",
+    )
+    p.add_argument("--resume", action="store_true", help="continue the study to its trial count")
+    p.add_argument("--out", help="the study's directory (default: runs/tune/<study>)")
+    p.set_defaults(handler=_tune)
+
+    p = sub.add_parser(
         "pretrain", help="pretrain a language model on texts alone (data.objective=mlm or clm)"
     )
     p.add_argument("args", nargs="*", metavar="[CONFIG] [section.key=value ...]")
@@ -203,6 +220,43 @@ def _train(args: argparse.Namespace, pretrain: bool = False) -> int:
     print(f"report:      {run.results_file}")
     print(f"tensorboard: tensorboard --logdir {run.root}")
     return 0
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from bigmodel.tune import tune
+
+    config, overrides = _split_config_args(args.args)
+    result = tune(
+        config, overrides, args.trials, args.timeout, args.study, args.storage, args.resume, args.out
+    )
+    names = list(dict.fromkeys(k for row in result.leaderboard for k in row["params"]))
+    header = ["trial", "state", result.metric, "epochs", *names]
+    rows = [
+        [str(r["trial"]), r["state"], "" if r["value"] is None else f"{r['value']:.4f}", str(r["epochs"])]
+        + [_param(r["params"].get(k, "")) for k in names]
+        for r in result.leaderboard
+    ]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)] if rows else []
+    for line in [header, *rows][:21]:  # the best 20
+        print("  ".join(cell.rjust(w) for cell, w in zip(line, widths, strict=True)))
+    best = result.best
+    if best is None:
+        print(f"no trial finished; study: {result.root}")
+        return 1
+    test = best.get("test")
+    scored = (
+        f"test accuracy {test['accuracy']:.4f}"
+        if test and "accuracy" in test
+        else "test not scored here (the run is elsewhere)"
+    )
+    print(f"best:   trial {best['trial']}, {result.metric} {best['value']:.4f}, {scored} ({best['run']})")
+    print(f"config: {result.best_config}  (bigmodel train {result.best_config})")
+    print(f"page:   {result.page}")
+    return 0
+
+
+def _param(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _pretrain(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ model registry against that model's own settings.
 
 from __future__ import annotations
 
+import builtins
 import copy
 import difflib
 import os
@@ -120,11 +121,12 @@ class EarlyStoppingConfig(Section):
     min_delta: float = Field(0.0, ge=0.0)
 
 
-MONITORABLE = Literal[
+VALIDATION_METRICS = (
     "val/accuracy", "val/loss", "val/f1_macro", "val/precision_macro", "val/recall_macro",
     "val/f1_weighted", "val/roc_auc", "val/top5_accuracy",
-    "train/accuracy", "train/loss",
-]  # fmt: skip
+)  # fmt: skip
+VALIDATION_METRIC = Literal[VALIDATION_METRICS]  # type: ignore[valid-type]
+MONITORABLE = Literal[(*VALIDATION_METRICS, "train/accuracy", "train/loss")]  # type: ignore[valid-type]
 
 
 class TrainConfig(Section):
@@ -189,11 +191,70 @@ class OptimConfig(Section):
     min_lr: float = Field(0.0, ge=0.0, description="cosine schedule: final learning rate")
 
 
+class SearchRange(Section):
+    """One searched key's distribution: exactly one of ``choice``, ``uniform``, ``loguniform`` or ``int``
+    (``[low, high]``, both included), with ``step`` for a stepped ``uniform`` or ``int``."""
+
+    choice: list[Any] | None = None
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[float, float] | None = None
+    int: tuple[builtins.int, builtins.int] | None = None  # the distribution's name in the YAML
+    step: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_distribution(self) -> SearchRange:
+        given = [name for name in DISTRIBUTIONS if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"give exactly one of {', '.join(DISTRIBUTIONS)}, e.g. {{loguniform: [0.001, 0.1]}}"
+            )
+        if self.choice is not None and not self.choice:
+            raise ValueError("choice needs at least one value")
+        bounds = self.uniform or self.loguniform or self.int
+        if bounds is not None and bounds[0] >= bounds[1]:
+            raise ValueError(f"low {bounds[0]} must be below high {bounds[1]}")
+        if self.loguniform is not None and self.loguniform[0] <= 0:
+            raise ValueError(f"loguniform needs low above 0, got {self.loguniform[0]}")
+        if self.step is not None and (self.choice is not None or self.loguniform is not None):
+            raise ValueError("step belongs to uniform or int")
+        return self
+
+    @property
+    def distribution(self) -> str:
+        return next(name for name in DISTRIBUTIONS if getattr(self, name) is not None)
+
+    def extremes(self) -> list[Any]:
+        """The values whose validity stands for the whole range: every choice, or both ends."""
+        return list(self.choice if self.choice is not None else getattr(self, self.distribution))
+
+
+DISTRIBUTIONS = ("choice", "uniform", "loguniform", "int")
+
+
+class TuneConfig(Section):
+    """``bigmodel tune``: which config keys to search and how; read by ``bigmodel.tune``, ignored by train."""
+
+    params: dict[str, SearchRange] = Field(
+        default_factory=dict, description="config key -> {choice|uniform|loguniform|int: ...}"
+    )
+    metric: VALIDATION_METRIC | None = Field(None, description="what to optimise; default: train.monitor's")
+    direction: Literal["maximize", "minimize"] | None = Field(
+        None, description="default: minimize a loss, maximize anything else"
+    )
+    trials: int = Field(20, gt=0, description="trials in the study, over all its workers")
+    sampler: Literal["tpe", "grid", "random"] = "tpe"
+    pruner: Literal["hyperband", "median", "none"] = Field(
+        "hyperband", description="stop poor trials early, from their per-epoch validation metric"
+    )
+    seed: int = Field(0, description="the sampler's seed (a study shared by several workers is unseeded)")
+
+
 class Config(Section):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
+    tune: TuneConfig | None = Field(None, description="bigmodel tune's search; see TuneConfig")
     name: str | None = Field(
         None, description="run name; default: the config file's stem, else <data>-<model>"
     )
@@ -320,7 +381,7 @@ def _describe(exc: ValidationError, raw: dict[str, Any]) -> str:
         return f"{key}={_value_at(raw, loc)!r} is not allowed; choose one of {err['ctx']['expected']}"
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "value_error":
-        return f"invalid config: {msg}"
+        return f"invalid config: {msg}" if len(loc) <= 1 else f"{key}: {msg}"
     return f"{key}={_value_at(raw, loc)!r}: {msg}"
 
 
