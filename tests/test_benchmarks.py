@@ -160,3 +160,33 @@ def test_serve_load_and_soak_measure_bigmodel_serve_and_the_naive_endpoint(digit
     assert {k: row["sent"] for k, row in result["kinds"].items()} == {"good": 144, **dict.fromkeys(KINDS, 2)}
     assert result["wrong"] == {} and result["server_alive"] and result["health_after"] == 200
     assert result["rss_mib"]["after_warmup"] > 0 and result["log_tracebacks"] == 0
+
+
+@pytest.mark.slow
+def test_tune_pruning_runs_both_studies_in_each_repeat(tmp_path: Path):
+    import yaml
+
+    from bigmodel.config import apply_overrides
+    from conftest import DIGITS_ARGS
+
+    raw = apply_overrides({}, DIGITS_ARGS)
+    raw["tune"] = {"params": {"optim.lr": {"choice": [0.003, 0.01, 0.03]}}, "trials": 2}
+    config = tmp_path / "study.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "tune_pruning.json"
+    work = tmp_path / "studies"
+    run_module(
+        "benchmarks.tune_pruning", str(config), "--repeats", "2", "--work", str(work), "--results", str(out)
+    )
+    result = json.loads(out.read_text())
+    assert [r["seed"] for r in result["repeats"]] == [0, 1]
+    for repeat in result["repeats"]:
+        for pruner in ("hyperband", "none"):
+            assert (
+                repeat[pruner]["complete"] + repeat[pruner]["pruned"] == 2 and repeat[pruner]["seconds"] > 0
+            )
+        assert repeat["time_ratio"] == pytest.approx(
+            repeat["hyperband"]["seconds"] / repeat["none"]["seconds"]
+        )
+        assert repeat["none"]["pruned"] == 0
+    assert sorted(p.name for p in work.iterdir()) == ["hyperband-0", "hyperband-1", "none-0", "none-1"]

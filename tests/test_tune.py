@@ -18,7 +18,7 @@ import yaml
 from bigmodel import api
 from bigmodel.config import apply_overrides, load_config
 from bigmodel.tune import PruneOnValidation
-from tests.conftest import DIGITS_ARGS, bigmodel, run_cli
+from conftest import DIGITS_ARGS, bigmodel, run_cli
 
 LR_SPACE = {"optim.lr": {"choice": [0.003, 0.01, 0.03]}}
 
@@ -139,6 +139,8 @@ def test_a_study_makes_every_trial_a_run_and_scores_test_once(in_tmp: Path, caps
     assert (chosen.optim.lr, chosen.train.epochs, chosen.tune) == (
         best.params["optim.lr"], best.params["train.epochs"], None
     )  # fmt: skip
+    again = api.train(root / "best.yaml", out=in_tmp / "again")  # the trial's data was shared; same result
+    assert again.results["val"]["accuracy"] == pytest.approx(best.value)
 
     # --resume runs the study on to a larger count; a second start without it is refused
     code, _, err = run_cli(capsys, "tune", str(config))
@@ -162,13 +164,13 @@ def _tune_process(*args: str) -> subprocess.Popen:
 
 
 @pytest.mark.slow
-def test_a_worker_killed_mid_trial_leaves_the_study_usable(in_tmp: Path):
-    params = {"optim.lr": {"choice": [0.003, 0.01, 0.03]}}
-    config = study_config(
-        in_tmp / "killed.yaml", params, sampler="random", pruner="none", trials=3
-    )  # fmt: skip
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
+def test_a_worker_stopped_mid_trial_leaves_the_study_usable(signum: int, in_tmp: Path):
+    """SIGKILL: nothing runs in the worker, and the next one finds its trial lost; SIGTERM (or Ctrl-C):
+    the trial stops with a checkpoint and queues itself again. Either way --resume completes the study."""
+    config = study_config(in_tmp / "killed.yaml", LR_SPACE, sampler="random", pruner="none", trials=3)
     raw = yaml.safe_load(config.read_text())
-    raw["train"]["epochs"] = 40  # long enough to be killed in the middle
+    raw["train"]["epochs"] = 40  # long enough to be stopped in the middle
     config.write_text(yaml.safe_dump(raw))
     root = in_tmp / "study"
     worker = _tune_process(str(config), "--out", str(root))
@@ -178,10 +180,14 @@ def test_a_worker_killed_mid_trial_leaves_the_study_usable(in_tmp: Path):
         assert worker.poll() is None, worker.communicate()[1][-2000:]
         assert time.monotonic() < deadline, "trial 1 never reached its second epoch"
         time.sleep(0.02)
-    os.kill(worker.pid, signal.SIGKILL)
-    worker.wait()
-    killed = load_study(root, "killed").trials[1]
-    assert killed.state.name == "RUNNING"  # as the worker left it
+    os.kill(worker.pid, signum)
+    _, err = worker.communicate(timeout=120)
+    stopped = load_study(root, "killed").trials[1]
+    if signum == signal.SIGKILL:
+        assert stopped.state.name == "RUNNING"  # as the worker left it
+    else:
+        assert worker.returncode == 128 + signum and stopped.state.name == "FAIL"
+        assert err.splitlines()[-1].startswith("trial 1 stopped (") and "--resume" in err.splitlines()[-1]
 
     resumed = subprocess.run(
         [sys.executable, "-m", "bigmodel", "tune", str(config), "--out", str(root), "--resume"],
@@ -190,12 +196,16 @@ def test_a_worker_killed_mid_trial_leaves_the_study_usable(in_tmp: Path):
         timeout=600,
     )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert f"trial 1: its worker (pid {worker.pid}) died mid-trial; retrying it" in resumed.stderr
     trials = load_study(root, "killed").trials
-    assert trials[1].state.name == "FAIL" and "stopped mid-trial" in trials[1].user_attrs["lost"]
-    retry = trials[2]  # queued by the retry callback, so run first on resume
-    assert retry.system_attrs["failed_trial"] == 1 and retry.params == trials[1].params
+    retry = trials[2]  # queued again, so run first on resume, with the same values
+    assert retry.params == trials[1].params
+    if signum == signal.SIGKILL:
+        assert f"trial 1: its worker (pid {worker.pid}) died mid-trial; retrying it" in resumed.stderr
+        assert "stopped mid-trial" in trials[1].user_attrs["lost"] and retry.system_attrs["failed_trial"] == 1
+    else:
+        assert retry.user_attrs["retry_of"] == 1
     assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
+    assert trials[0].params == {"optim.lr": 0.01} and "baseline" in trials[0].user_attrs  # the config's own
     summary = json.loads((root / "study.json").read_text())
     assert summary["trials"]["complete"] == 3 and summary["trials"]["failed"] == 1
     assert (root / "best.yaml").is_file()

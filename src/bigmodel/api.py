@@ -78,19 +78,21 @@ def train(
     out: str | Path | None = None,
     callbacks: list[Callback] | tuple[Callback, ...] = (),
     score_test: bool = True,
+    data: DataBundle | None = None,
 ) -> Run | None:
     """Train into a new run directory and return it (None on the ranks other than 0 of a torchrun job,
     which write nothing). ``config`` is a YAML file, a mapping or a ``Config`` (default: Fashion-MNIST
     with the built-in CNN); ``overrides`` are ``section.key=value`` strings, as on the command line;
     ``model`` (an ``nn.Module`` subclass or a function returning one) replaces the config's model, its
     arguments set as ``model.<name>=value`` overrides. ``callbacks`` observe the loop beside the usual
-    ones; ``score_test=False`` leaves the test split unread (a tuning trial: see ``bigmodel.tune``).
+    ones; ``score_test=False`` leaves the test split unread (a tuning trial: see ``bigmodel.tune``);
+    ``data`` is the bundle ``build_data`` made for this config's data section, reused across runs.
 
     Data, model and device are all built before the directory is created, so a mistake in any of
     them leaves nothing behind.
     """
     cfg = load_config(config, overrides, give_user_model(model) if model is not None else None)
-    data, built = _prepare(cfg)
+    data, built = _prepare(cfg, data=data)
     if isinstance(built, Model):
         built.fit_data(data.train)  # a resumed or loaded run has them in its weights
     trainer = None
@@ -152,13 +154,15 @@ def resume(run: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Run 
         close_world()
 
 
-def _prepare(cfg: Config, run: RunDir | None = None) -> tuple[DataBundle, nn.Module]:
+def _prepare(
+    cfg: Config, run: RunDir | None = None, data: DataBundle | None = None
+) -> tuple[DataBundle, nn.Module]:
     """Data and model of a new run, or of an existing ``run`` as it saw them (its own tokenizer, and
     its own copy of the pretrained model's config)."""
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     seed_everything(cfg.train.seed, cfg.train.deterministic)
-    data = run_data(cfg, run)
+    data = data if data is not None else run_data(cfg, run)
     model_cfg = run.own_model_config(cfg).model if run is not None else cfg.model
     return data, build_model(model_cfg, data.info)
 

@@ -239,6 +239,8 @@ def _tune(args: argparse.Namespace) -> int:
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)] if rows else []
     for line in [header, *rows][:21]:  # the best 20
         print("  ".join(cell.rjust(w) for cell, w in zip(line, widths, strict=True)))
+    if len(rows) > 20:
+        print(f"... and {len(rows) - 20} more in {result.root / 'study.json'}")
     best = result.best
     if best is None:
         print(f"no trial finished; study: {result.root}")

@@ -28,6 +28,7 @@ import socket
 import sys
 import time
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,9 +43,12 @@ from bigmodel.files import write_json, write_text
 if TYPE_CHECKING:
     import optuna
 
+    from bigmodel.data import DataBundle
+
 JOURNAL = "study.journal"
 MAX_RETRY = 2  # a trial whose worker died is retried at most this often
 HEARTBEAT_S, GRACE_S = 10, 60  # database storage: a RUNNING trial silent this long has lost its worker
+KEPT_DATA = 3  # data bundles a worker keeps for later trials with the same data section
 
 
 @dataclass
@@ -133,7 +137,7 @@ def tune(
         pruner=_pruner(spec.pruner, _most_epochs(raw, spec.params)),
         load_if_exists=True,
     )
-    _same_base(loaded, raw, metric)
+    _same_base(loaded, raw, metric, spec.params)
     _fail_lost_trials(loaded)
     objective = _Objective(loaded, raw, spec.params, metric, root, total)
     deadline = time.monotonic() + timeout if timeout else None
@@ -147,19 +151,41 @@ def tune(
     return _finish(loaded, root, metric, direction)
 
 
-def _same_base(study: optuna.Study, raw: dict[str, Any], metric: str) -> None:
-    """A new study records its base config; a worker that joins or resumes it must bring the same one
-    (its trials would otherwise not be comparable)."""
+def _same_base(study: optuna.Study, raw: dict[str, Any], metric: str, params: dict[str, SearchRange]) -> None:
+    """A new study records its base config, and queues the config's own values as its first trial where
+    they lie in the space (the search then starts from what the user had, and can only beat it); a
+    worker that joins or resumes the study must bring the same config (else trials would not compare)."""
     base = study.user_attrs.get("base")
     if base is None:
         study.set_user_attr("base", raw)
         study.set_metric_names([metric])
+        own = {key: _value_at(raw, key) for key in params}
+        inside = all(_inside(own[key], searched) for key, searched in params.items())
+        if inside and not study.get_trials(deepcopy=False):
+            study.enqueue_trial(own, user_attrs={"baseline": "the config's own values"})
     elif base != raw:
         changed = sorted(_differences(base, raw))
         raise UserError(
             f"study {study.study_name} was started from another config ({', '.join(changed[:3])} differ); "
             "resume or join it with the same config and overrides, or name a new --study"
         )
+
+
+def _value_at(raw: dict[str, Any], key: str) -> Any:
+    node: Any = raw
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def _inside(value: Any, searched: SearchRange) -> bool:
+    if value is None or searched.choice is not None:
+        return value is not None and value in (searched.choice or [])
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    low, high = searched.extremes()
+    steps = (value - low) / searched.step if searched.step else 0
+    return low <= value <= high and abs(steps - round(steps)) < 1e-9
 
 
 def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -375,6 +401,20 @@ class _Objective:
         self.study, self.raw, self.params, self.metric, self.root, self.total = (
             study, raw, params, metric, root, total
         )  # fmt: skip
+        self.built: OrderedDict[str, DataBundle] = OrderedDict()  # data section -> its bundle, newest last
+
+    def data_for(self, cfg: Config) -> DataBundle:
+        """The data of a trial's config, built once for each data section a worker meets (trials that
+        search only the model or the optimizer share one tokenizer and one split); a few are kept."""
+        from bigmodel.data import build_data
+
+        key = json.dumps(cfg.data.model_dump(mode="json"), sort_keys=True)
+        if key not in self.built:
+            self.built[key] = build_data(cfg.data)
+            while len(self.built) > KEPT_DATA:
+                self.built.popitem(last=False)
+        self.built.move_to_end(key)
+        return self.built[key]
 
     def __call__(self, trial: optuna.Trial) -> float:
         import optuna
@@ -397,15 +437,20 @@ class _Objective:
         print(f"trial {trial.number}: {shown}", file=sys.stderr)
         pruning = PruneOnValidation(trial, self.metric)
         try:
-            run = api.train(cfg, out=run_dir, callbacks=[pruning], score_test=False)
+            data = self.data_for(cfg)
+            run = api.train(cfg, out=run_dir, callbacks=[pruning], score_test=False, data=data)
+        except Interrupted as exc:
+            # Asked to stop: the trial is queued again, so --resume runs it first with the same values.
+            self.study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+            raise Interrupted(
+                f"trial {trial.number} stopped ({run_dir} keeps its checkpoints) and is queued again; "
+                "continue the study with the same command and --resume",
+                exc.signum,
+            ) from None
         except (UserError, TrainingDiverged) as exc:
             trial.set_user_attr("error", str(exc))
             print(f"trial {trial.number} failed: {exc}", file=sys.stderr)
             raise _TrialFailed(str(exc)) from None
-        except Interrupted:
-            # Asked to stop: the trial is queued again, so --resume runs it first with the same values.
-            self.study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
-            raise
         assert run is not None  # tune runs in one process
         value = float(run.results["val"][self.metric.removeprefix("val/")])
         trial.set_user_attr("seconds", run.results["train_seconds"])
@@ -486,6 +531,7 @@ def _row(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
         "seconds": attrs.get("seconds"),
         "params": trial.params,
         "run": attrs.get("run"),
+        "worker": attrs.get("worker"),  # host:pid
         "note": note,
     }
 
