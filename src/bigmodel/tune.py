@@ -29,6 +29,7 @@ import sys
 import time
 import warnings
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -98,7 +99,6 @@ def tune(
 ) -> StudyResult:
     """Run (or join, or continue) a study of the config's ``tune:`` section; see the module docstring.
     Every mistake in the search space is raised before a trial runs or a directory is made."""
-    import optuna
 
     base = load_config(config, overrides)
     spec = base.tune
@@ -125,50 +125,96 @@ def tune(
     grid = _grid(spec.params) if spec.sampler == "grid" else None
     name = study or base.name or "study"
     root = Path(out) if out is not None else Path("runs") / "tune" / name
+    seed = None if storage is not None else spec.seed
+    loaded = open_study(
+        name,
+        root,
+        storage,
+        resume,
+        direction,
+        _sampler(spec.sampler, grid, seed),
+        _pruner(spec.pruner, _most_epochs(raw, spec.params)),
+    )
+    if _same_base(loaded, raw, metric):
+        _queue_own_values(loaded, raw, spec.params)
+
+    def suggest(trial: optuna.Trial) -> dict[str, Any]:
+        return {key: _suggest(trial, key, searched) for key, searched in spec.params.items()}
+
+    run_trials(loaded, Trials(loaded, raw, suggest, metric, root, total), total, timeout, grid)
+    return _finish(loaded, root, metric, direction)
+
+
+def open_study(
+    name: str,
+    root: Path,
+    storage: str | None,
+    resume: bool,
+    direction: str,
+    sampler: optuna.samplers.BaseSampler,
+    pruner: optuna.pruners.BasePruner,
+) -> optuna.Study:
+    """The study named ``name``: new, continued (``resume``) or joined (a shared ``storage``), its trials
+    lost with their workers failed and queued again."""
+    import optuna
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats, retries
     store = _open_storage(storage, root, name, resume)
-    shared = storage is not None
     loaded = optuna.create_study(
         study_name=name,
         storage=store,
         direction=direction,
-        sampler=_sampler(spec.sampler, grid, None if shared else spec.seed),
-        pruner=_pruner(spec.pruner, _most_epochs(raw, spec.params)),
+        sampler=sampler,
+        pruner=pruner,
         load_if_exists=True,
     )
-    _same_base(loaded, raw, metric, spec.params)
     _fail_lost_trials(loaded)
-    objective = _Objective(loaded, raw, spec.params, metric, root, total)
+    return loaded
+
+
+def run_trials(
+    study: optuna.Study,
+    trials: Trials,
+    total: int,
+    timeout: float | None,
+    grid: dict[str, list[Any]] | None = None,
+) -> None:
+    """Run trials until the study has ``total`` (over all its workers), the grid is covered, or
+    ``timeout`` seconds have passed."""
     deadline = time.monotonic() + timeout if timeout else None
-    while _counted(loaded.get_trials(deepcopy=False)) < total:
+    while _counted(study.get_trials(deepcopy=False)) < total:
         if deadline is not None and time.monotonic() >= deadline:
             print(f"--timeout: stopping after {timeout:g} s; continue with --resume", file=sys.stderr)
             break
-        loaded.optimize(objective, n_trials=1, catch=(_TrialFailed, _Surplus))
-        if grid is not None and _grid_done(loaded, grid):
+        study.optimize(trials, n_trials=1, catch=(_TrialFailed, _Surplus))
+        if grid is not None and _grid_done(study, grid):
             break
-    return _finish(loaded, root, metric, direction)
 
 
-def _same_base(study: optuna.Study, raw: dict[str, Any], metric: str, params: dict[str, SearchRange]) -> None:
-    """A new study records its base config, and queues the config's own values as its first trial where
-    they lie in the space (the search then starts from what the user had, and can only beat it); a
-    worker that joins or resumes the study must bring the same config (else trials would not compare)."""
+def _same_base(study: optuna.Study, raw: dict[str, Any], metric: str) -> bool:
+    """A new study records its base config (and says it is new); a worker that joins or resumes the
+    study must bring the same config (else trials would not compare)."""
     base = study.user_attrs.get("base")
     if base is None:
         study.set_user_attr("base", raw)
         study.set_metric_names([metric])
-        own = {key: _value_at(raw, key) for key in params}
-        inside = all(_inside(own[key], searched) for key, searched in params.items())
-        if inside and not study.get_trials(deepcopy=False):
-            study.enqueue_trial(own, user_attrs={"baseline": "the config's own values"})
-    elif base != raw:
+        return not study.get_trials(deepcopy=False)
+    if base != raw:
         changed = sorted(_differences(base, raw))
         raise UserError(
             f"study {study.study_name} was started from another config ({', '.join(changed[:3])} differ); "
             "resume or join it with the same config and overrides, or name a new --study"
         )
+    return False
+
+
+def _queue_own_values(study: optuna.Study, raw: dict[str, Any], params: dict[str, SearchRange]) -> None:
+    """The config's own values are a new study's first trial where they lie in the space: the search
+    starts from what the user had, and its winner is never worse on the seed it is scored on."""
+    own = {key: _value_at(raw, key) for key in params}
+    if all(_inside(own[key], searched) for key, searched in params.items()):
+        study.enqueue_trial(own, user_attrs={"baseline": "the config's own values"})
 
 
 def _value_at(raw: dict[str, Any], key: str) -> Any:
@@ -385,22 +431,25 @@ def _counted(trials: list[optuna.trial.FrozenTrial]) -> int:
     return sum(_counts(t) for t in trials)
 
 
-class _Objective:
-    """One trial: its parameters applied to the base config, trained into ``trial-NNN`` with the pruning
-    callback, scored by its best checkpoint's validation metric."""
+class Trials:
+    """The objective: one trial's settings (``suggest`` draws them from the trial as config keys and
+    values) applied to the base config, trained into ``trial-NNN`` with the pruning callback and the
+    ``observers`` (callbacks made for the trial), scored by its best checkpoint's validation metric."""
 
     def __init__(
         self,
         study: optuna.Study,
         raw: dict[str, Any],
-        params: dict[str, SearchRange],
+        suggest: Callable[[optuna.Trial], dict[str, Any]],
         metric: str,
         root: Path,
         total: int,
+        observers: Callable[[optuna.Trial], list[Callback]] = lambda trial: [],
     ):
-        self.study, self.raw, self.params, self.metric, self.root, self.total = (
-            study, raw, params, metric, root, total
+        self.study, self.raw, self.suggest, self.metric, self.root, self.total = (
+            study, raw, suggest, metric, root, total
         )  # fmt: skip
+        self.observers = observers
         self.built: OrderedDict[str, DataBundle] = OrderedDict()  # data section -> its bundle, newest last
 
     def data_for(self, cfg: Config) -> DataBundle:
@@ -427,7 +476,7 @@ class _Objective:
             trial.set_user_attr("surplus", "not run: the study had its trials")
             raise _Surplus
         trial.set_user_attr("worker", _worker())
-        chosen = {key: _suggest(trial, key, searched) for key, searched in self.params.items()}
+        chosen = self.suggest(trial)
         run_dir = self.root / f"trial-{trial.number:03d}"
         trial.set_user_attr("run", str(run_dir.resolve()))
         cfg = load_config(copy.deepcopy(self.raw), [f"{k}={json.dumps(v)}" for k, v in chosen.items()])
@@ -438,7 +487,8 @@ class _Objective:
         pruning = PruneOnValidation(trial, self.metric)
         try:
             data = self.data_for(cfg)
-            run = api.train(cfg, out=run_dir, callbacks=[pruning], score_test=False, data=data)
+            callbacks = [pruning, *self.observers(trial)]
+            run = api.train(cfg, out=run_dir, callbacks=callbacks, score_test=False, data=data)
         except Interrupted as exc:
             # Asked to stop: the trial is queued again, so --resume runs it first with the same values.
             self.study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
