@@ -15,7 +15,7 @@ LAYERS = {
     "errors": 0, "files": 0,
     "config": 1, "recipes": 1, "device": 1, "checkpoint": 1,
     "data": 2, "models": 3, "tasks": 4, "run": 5, "engine": 6, "evaluation": 7, "deploy": 8,
-    "api": 9, "tune": 10, "cli": 11, "__main__": 12, "bigmodel": 12,
+    "api": 9, "tune": 10, "scale": 10, "cli": 11, "__main__": 12, "bigmodel": 12,
 }  # fmt: skip
 
 

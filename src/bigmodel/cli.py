@@ -76,6 +76,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="the study's directory (default: runs/tune/<study>)")
     p.set_defaults(handler=_tune)
 
+    p = sub.add_parser("scale", help="loss against parameters, data and compute: a sweep, its fits, advice")
+    p.add_argument("args", nargs="*", metavar="CONFIG [section.key=value ...]")
+    p.add_argument("--sizes", required=True, help="WIDTHxDEPTH or WIDTH, comma-separated, e.g. 64x2,128x2")
+    p.add_argument("--data-fractions", default="1", help="shares of the training split, e.g. 0.25,0.5,1")
+    p.add_argument("--budget", type=float, metavar="FLOPS", help="advise the compute-optimal N and D for it")
+    p.add_argument("--accelerator", default="H100", help="whose peak the advice's wall time assumes")
+    p.add_argument("--mfu", type=float, default=0.4, help="the utilisation the advice assumes there")
+    p.add_argument("--study", help="the sweep's name (default: <config name>-scale)")
+    p.add_argument("--storage", metavar="URL", help="a database the sweep is shared through, as for tune")
+    p.add_argument("--resume", action="store_true", help="continue the sweep")
+    p.add_argument("--out", help="the sweep's directory (default: runs/scale/<name>)")
+    p.set_defaults(handler=_scale)
+
     p = sub.add_parser(
         "pretrain", help="pretrain a language model on texts alone (data.objective=mlm or clm)"
     )
@@ -254,6 +267,21 @@ def _tune(args: argparse.Namespace) -> int:
     print(f"best:   trial {best['trial']}, {result.metric} {best['value']:.4f}, {scored} ({best['run']})")
     print(f"config: {result.best_config}  (bigmodel train {result.best_config})")
     print(f"page:   {result.page}")
+    return 0
+
+
+def _scale(args: argparse.Namespace) -> int:
+    from bigmodel.scale import parse_list, result_lines, scale
+
+    config, overrides = _split_config_args(args.args)
+    sizes = parse_list(args.sizes, str, "--sizes")
+    fractions = parse_list(args.data_fractions, float, "--data-fractions")
+    result = scale(
+        config, overrides, sizes, fractions, args.budget, args.study, args.storage, args.resume, args.out,
+        args.accelerator, args.mfu,
+    )  # fmt: skip
+    for line in result_lines(result):
+        print(line)
     return 0
 
 

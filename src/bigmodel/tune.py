@@ -135,7 +135,7 @@ def tune(
         _sampler(spec.sampler, grid, seed),
         _pruner(spec.pruner, _most_epochs(raw, spec.params)),
     )
-    if _same_base(loaded, raw, metric):
+    if same_base(loaded, raw, metric):
         _queue_own_values(loaded, raw, spec.params)
 
     def suggest(trial: optuna.Trial) -> dict[str, Any]:
@@ -192,7 +192,7 @@ def run_trials(
             break
 
 
-def _same_base(study: optuna.Study, raw: dict[str, Any], metric: str) -> bool:
+def same_base(study: optuna.Study, raw: dict[str, Any], metric: str) -> bool:
     """A new study records its base config (and says it is new); a worker that joins or resumes the
     study must bring the same config (else trials would not compare)."""
     base = study.user_attrs.get("base")

@@ -37,12 +37,13 @@ class Fit:
     intervals: dict[str, tuple[float, float]] = field(default_factory=dict)  # 95 % bootstrap
     runs: int = 0
     rmse_log: float = 0.0  # root mean square error in log loss over the fitted runs
+    samples: list[dict[str, float]] = field(default_factory=list)  # the bootstrap fits, for bands
 
     def predict(self, n: Any = None, d: Any = None) -> np.ndarray:
         return predict(self.params, n, d)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k != "samples"}
 
 
 def predict(params: dict[str, float], n: Any = None, d: Any = None) -> np.ndarray:
@@ -88,7 +89,7 @@ def fit_law(
             intervals[name] = (float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5)))
     fitted = predict(best, columns["N"], columns["D"])
     rmse = float(np.sqrt(np.mean((np.log(fitted) - np.log(loss)) ** 2)))
-    return Fit(form, best, intervals, len(loss), rmse)
+    return Fit(form, best, intervals, len(loss), rmse, samples)
 
 
 def _names(form: str) -> list[str]:

@@ -1,0 +1,81 @@
+"""bigmodel scale: a sweep of sizes (and data), each an ordinary run, measured (N, D, C), fitted and drawn."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bigmodel import api
+from bigmodel.scale import non_embedding_params
+from conftest import DIGITS_ARGS, run_cli
+
+LM_ARGS = [
+    "data.name=rotten-tomatoes", "data.objective=clm", "data.tokenizer=bpe", "data.vocab_size=500",
+    "data.max_length=32", "model.name=gpt", "model.hidden_size=32", "model.layers=1", "model.heads=2",
+    "train.epochs=1", "train.batch_size=64", "train.progress=false",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["model.name=mlp", "--sizes", "8"], "scale sweeps the sizes of gpt, bert-mlm, transformer, cnn"),
+        (["--sizes", "big"], "--sizes: 'big' must be WIDTH or WIDTHxDEPTH"),
+        (["--sizes", "8", "--data-fractions", "0.5,1.5"], "--data-fractions must lie in (0, 1]"),
+        (["--sizes", "8", "--data-fractions", "half"], "--data-fractions must be a comma-separated list"),
+        (["--sizes", "8", "--accelerator", "TPU"], "--accelerator must be one of H100"),
+    ],
+)
+def test_a_bad_grid_is_one_line_before_any_run(args: list[str], expected: str, in_tmp: Path, capsys):
+    overrides = [a for a in DIGITS_ARGS if not a.startswith("model.name")]
+    if not any(a.startswith("model.name") for a in args):
+        overrides.append("model.name=cnn")
+    code, _, err = run_cli(capsys, "scale", *overrides, *args)
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert expected in err
+    assert not (in_tmp / "runs").exists()
+
+
+@pytest.mark.slow
+def test_a_classifier_sweep_fits_loss_against_parameters(in_tmp: Path, capsys):
+    args = [*DIGITS_ARGS, "model.depth=2", "train.epochs=3"]
+    code, out, err = run_cli(capsys, "scale", *args, "--sizes", "4,8,16,32,48", "--out", "sweep")
+    assert code == 0, err
+    summary = json.loads((in_tmp / "sweep" / "scale.json").read_text())
+    runs = sorted(summary["runs"], key=lambda r: r["N"])
+    assert [r["size"] for r in runs] == ["4", "8", "16", "32", "48"]  # each width a run, N growing with it
+    for r in runs:
+        run = api.load(r["run"])
+        assert r["N"] == non_embedding_params(run.model)  # a CNN has no embeddings: every parameter
+        assert r["D"] == r["examples"] and r["examples"] % len(run.history) == 0  # examples seen, each epoch
+        assert r["C_over_6ND"] > 2  # a convolution applies each weight at many positions: 6ND undercounts
+        assert r["loss"] == pytest.approx(run.results["val"]["loss"])
+    fit = summary["fits"]["N"]
+    assert fit["runs"] == 5 and fit["params"]["alpha"] > 0
+    check = summary["extrapolation"]
+    assert check["form"] == "N" and check["fitted_runs"] == 4 and check["held_out"][0]["N"] == runs[-1]["N"]
+    assert "L(N): E " in out and "extrapolation: the largest model's loss predicted within" in out
+    assert any("L(D) needs runs at 4 or more data fractions" in line for line in summary["notes"])
+    page = (in_tmp / "sweep" / "scale.html").read_text()
+    assert page.count('<img class="figure') == 2  # loss against compute, and L(N) with its band
+    assert list((in_tmp / "sweep").glob("events.out.tfevents.*"))
+
+
+@pytest.mark.slow
+def test_a_language_model_sweep_counts_tokens_and_leaves_embeddings_out(in_tmp: Path, capsys):
+    code, out, err = run_cli(capsys, "scale", *LM_ARGS, "--sizes", "16x1,32x1", "--data-fractions", "0.5")
+    assert code == 0, err
+    root = in_tmp / "runs" / "scale" / "rotten-tomatoes-gpt-scale"
+    runs = json.loads((root / "scale.json").read_text())["runs"]
+    assert sorted(r["size"] for r in runs) == ["16x1", "32x1"]
+    for r in runs:
+        run = api.load(r["run"])
+        hf = run.model.hf
+        embeddings = hf.transformer.wte.weight.numel() + hf.transformer.wpe.weight.numel()
+        assert r["N"] == sum(p.numel() for p in hf.parameters()) - embeddings  # the output layer is tied
+        assert r["D"] == r["examples"] * 32  # tokens: blocks of 32 seen
+        assert run.config.data.limit == round(0.5 * 6824)  # half the training texts
+        assert r["C_over_6ND"] > 1  # attention and the output layer over the vocabulary are extra
+    assert "note: L(N) needs runs at 4 or more sizes; this sweep has 2" in out
