@@ -77,5 +77,6 @@ def test_a_language_model_sweep_counts_tokens_and_leaves_embeddings_out(in_tmp: 
         assert r["N"] == sum(p.numel() for p in hf.parameters()) - embeddings  # the output layer is tied
         assert r["D"] == r["examples"] * 32  # tokens: blocks of 32 seen
         assert run.config.data.limit == round(0.5 * 6824)  # half the training texts
+        assert run.config.data.tokenizer == str((root / "tokenizer").resolve())  # trained on all of them
         assert r["C_over_6ND"] > 1  # attention and the output layer over the vocabulary are extra
     assert "note: L(N) needs runs at 4 or more sizes; this sweep has 2" in out

@@ -158,6 +158,8 @@ def scale(
         optuna.samplers.GridSampler(grid, seed=0),
         optuna.pruners.NopPruner(),
     )
+    if fractions[0] < 1:
+        _share_tokenizer(raw, root)
     same_base(loaded, raw, "val/loss")
     total = len(sizes) * len(fractions)
     counts: dict[float, int | None] = {1.0: None}
@@ -177,6 +179,21 @@ def scale(
     )
     run_trials(loaded, trials, total, None, grid)
     return _analyse(loaded, root, budget, accelerator, mfu)
+
+
+def _share_tokenizer(raw: dict[str, Any], root: Path) -> None:
+    """A tokenizer trained on the training split would differ with the share of it a run keeps, and so
+    would what a token, and a loss per token, is: every run of a sweep over data gets the one trained on
+    the whole split, saved once in the sweep's directory."""
+    from bigmodel.data import build_data, is_text
+
+    cfg = load_config(dict(raw))
+    if not is_text(cfg.data) or cfg.data.tokenizer not in ("wordpiece", "bpe"):
+        return  # images, or a tokenizer given as it is
+    shared = root / "tokenizer"
+    if not shared.is_dir():
+        build_data(cfg.data).tokenizer.save_pretrained(str(shared))
+    raw["data"]["tokenizer"] = str(shared.resolve())
 
 
 def _training_items(cfg: Config, trials: Trials) -> int:
