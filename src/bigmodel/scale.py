@@ -158,9 +158,9 @@ def scale(
         optuna.samplers.GridSampler(grid, seed=0),
         optuna.pruners.NopPruner(),
     )
+    same_base(loaded, raw, "val/loss")  # before the tokenizer's path, which is each machine's own
     if fractions[0] < 1:
         _share_tokenizer(raw, root)
-    same_base(loaded, raw, "val/loss")
     total = len(sizes) * len(fractions)
     counts: dict[float, int | None] = {1.0: None}
 
