@@ -259,11 +259,11 @@ def _tune(args: argparse.Namespace) -> int:
         print(f"no trial finished; study: {result.root}")
         return 1
     test = best.get("test")
-    scored = (
-        f"test accuracy {test['accuracy']:.4f}"
-        if test and "accuracy" in test
-        else "test not scored here (the run is elsewhere)"
-    )
+    scored = "test not scored here (the best trial ran on another machine)"
+    if test:  # a classifier's accuracy, a language model's loss
+        scored = (
+            f"test accuracy {test['accuracy']:.4f}" if "accuracy" in test else f"test loss {test['loss']:.4f}"
+        )
     print(f"best:   trial {best['trial']}, {result.metric} {best['value']:.4f}, {scored} ({best['run']})")
     print(f"config: {result.best_config}  (bigmodel train {result.best_config})")
     print(f"page:   {result.page}")
