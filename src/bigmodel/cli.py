@@ -236,7 +236,7 @@ def _train(args: argparse.Namespace, pretrain: bool = False) -> int:
 
 
 def _tune(args: argparse.Namespace) -> int:
-    from bigmodel.tune import tune
+    from bigmodel.tune import shown_value, tune
 
     config, overrides = _split_config_args(args.args)
     result = tune(
@@ -246,7 +246,7 @@ def _tune(args: argparse.Namespace) -> int:
     header = ["trial", "state", result.metric, "epochs", *names]
     rows = [
         [str(r["trial"]), r["state"], "" if r["value"] is None else f"{r['value']:.4f}", str(r["epochs"])]
-        + [_param(r["params"].get(k, "")) for k in names]
+        + [shown_value(r["params"].get(k, "")) for k in names]
         for r in result.leaderboard
     ]
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)] if rows else []
@@ -283,10 +283,6 @@ def _scale(args: argparse.Namespace) -> int:
     for line in result_lines(result):
         print(line)
     return 0
-
-
-def _param(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _pretrain(args: argparse.Namespace) -> int:

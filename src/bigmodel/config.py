@@ -378,11 +378,11 @@ def _describe(exc: ValidationError, raw: dict[str, Any]) -> str:
         hint = f" (did you mean {close[0]}?)" if close else ""
         return f"unknown config key {key}{hint}; allowed here: {', '.join(allowed)}"
     if err["type"] == "literal_error":
-        return f"{key}={_value_at(raw, loc)!r} is not allowed; choose one of {err['ctx']['expected']}"
+        return f"{key}={value_at(raw, loc)!r} is not allowed; choose one of {err['ctx']['expected']}"
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "value_error":
         return f"invalid config: {msg}" if len(loc) <= 1 else f"{key}: {msg}"
-    return f"{key}={_value_at(raw, loc)!r}: {msg}"
+    return f"{key}={value_at(raw, loc)!r}: {msg}"
 
 
 def _fields_at(loc: list[str]) -> list[str]:
@@ -395,7 +395,8 @@ def _fields_at(loc: list[str]) -> list[str]:
     return list(model.model_fields)
 
 
-def _value_at(raw: Any, loc: list[str]) -> Any:
+def value_at(raw: Any, loc: list[str]) -> Any:
+    """The value at a key's path in a raw config mapping, None where the path is missing."""
     for part in loc:
         if isinstance(raw, dict) and part in raw:
             raw = raw[part]

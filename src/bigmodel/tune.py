@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from bigmodel.config import Config, SearchRange, load_config
+from bigmodel.config import Config, SearchRange, apply_overrides, load_config, value_at
 from bigmodel.engine.trainer import Callback, Trainer, TrainingDiverged
 from bigmodel.errors import UserError
 from bigmodel.files import write_json, write_text
@@ -212,16 +212,9 @@ def same_base(study: optuna.Study, raw: dict[str, Any], metric: str) -> bool:
 def _queue_own_values(study: optuna.Study, raw: dict[str, Any], params: dict[str, SearchRange]) -> None:
     """The config's own values are a new study's first trial where they lie in the space: the search
     starts from what the user had, and its winner is never worse on the seed it is scored on."""
-    own = {key: _value_at(raw, key) for key in params}
+    own = {key: value_at(raw, key.split(".")) for key in params}
     if all(_inside(own[key], searched) for key, searched in params.items()):
         study.enqueue_trial(own, user_attrs={"baseline": "the config's own values"})
-
-
-def _value_at(raw: dict[str, Any], key: str) -> Any:
-    node: Any = raw
-    for part in key.split("."):
-        node = node.get(part) if isinstance(node, dict) else None
-    return node
 
 
 def _inside(value: Any, searched: SearchRange) -> bool:
@@ -256,7 +249,7 @@ def _check_space(raw: dict[str, Any], params: dict[str, SearchRange]) -> None:
             )
         for value in searched.extremes():
             try:
-                cfg = load_config(copy.deepcopy(raw), [f"{key}={json.dumps(value)}"])
+                cfg = load_config(copy.deepcopy(raw), as_overrides({key: value}))
             except UserError as exc:
                 if str(exc).startswith("unknown config key"):
                     raise UserError(f"tune.params: {exc}") from None
@@ -479,10 +472,10 @@ class Trials:
         chosen = self.suggest(trial)
         run_dir = self.root / f"trial-{trial.number:03d}"
         trial.set_user_attr("run", str(run_dir.resolve()))
-        cfg = load_config(copy.deepcopy(self.raw), [f"{k}={json.dumps(v)}" for k, v in chosen.items()])
+        cfg = load_config(copy.deepcopy(self.raw), as_overrides(chosen))
         cfg.name = run_dir.name
         cfg.train.progress = False  # one line per trial, not per batch
-        shown = ", ".join(f"{k}={_short(v)}" for k, v in chosen.items())
+        shown = ", ".join(f"{k}={shown_value(v)}" for k, v in chosen.items())
         print(f"trial {trial.number}: {shown}", file=sys.stderr)
         pruning = PruneOnValidation(trial, self.metric)
         try:
@@ -511,6 +504,11 @@ class Trials:
         return value
 
 
+def as_overrides(values: dict[str, Any]) -> list[str]:
+    """``section.key=value`` overrides for config keys and values (JSON, which YAML reads back as is)."""
+    return [f"{key}={json.dumps(value)}" for key, value in values.items()]
+
+
 def _suggest(trial: optuna.Trial, key: str, searched: SearchRange) -> Any:
     if searched.choice is not None:
         return trial.suggest_categorical(key, searched.choice)
@@ -521,7 +519,8 @@ def _suggest(trial: optuna.Trial, key: str, searched: SearchRange) -> Any:
     return trial.suggest_float(key, *searched.uniform, step=searched.step)
 
 
-def _short(value: Any) -> str:
+def shown_value(value: Any) -> str:
+    """A searched value as a table shows it: floats to four significant digits."""
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
@@ -608,12 +607,7 @@ def _best_yaml(study: optuna.Study, best: optuna.trial.FrozenTrial) -> str:
     config = Path(best.user_attrs.get("run", "")) / "config.yaml"
     raw = yaml.safe_load(config.read_text(encoding="utf-8")) if config.is_file() else None
     if raw is None:
-        raw = dict(study.user_attrs.get("base", {}))
-        for key, value in best.params.items():
-            node = raw
-            for part in key.split(".")[:-1]:
-                node = node.setdefault(part, {})
-            node[key.split(".")[-1]] = value
+        raw = apply_overrides(copy.deepcopy(study.user_attrs.get("base", {})), as_overrides(best.params))
     raw["name"] = f"{study.study_name}-best"
     header = (
         f"# The best of study {study.study_name}: trial {best.number}, {study.metric_names[0]} "
@@ -644,12 +638,12 @@ def _study_page(study: optuna.Study, summary: dict[str, Any]) -> str:
             ["trial", str(best["trial"])],
             [summary["metric"], fmt(best["value"], ".4f")],
             ["test accuracy", fmt(test.get("accuracy"), ".4f")],
-            *[[key, _short(value)] for key, value in best["params"].items()],
+            *[[key, shown_value(value)] for key, value in best["params"].items()],
         ]
         parts.append(section("Best trial", table(None, facts)))
     rows = [
         [str(r["trial"]), r["state"], fmt(r["value"], ".4f"), str(r["epochs"]), r["note"]]
-        + [_short(r["params"].get(k, "")) for k in _param_names(summary)]
+        + [shown_value(r["params"].get(k, "")) for k in _param_names(summary)]
         for r in summary["leaderboard"]
     ]
     parts.append(

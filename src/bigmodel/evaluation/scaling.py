@@ -48,11 +48,7 @@ class Fit:
 
 def predict(params: dict[str, float], n: Any = None, d: Any = None) -> np.ndarray:
     """The law's loss at N (and/or D): the terms the law has, for arrays or numbers."""
-    loss = np.full(
-        np.broadcast(np.asarray(n if n is not None else 1.0), np.asarray(d if d is not None else 1.0)).shape,
-        params["E"],
-        dtype=float,
-    )
+    loss = np.asarray(params["E"], dtype=float)  # the terms below broadcast it to N's and D's shape
     if "alpha" in params:
         loss = loss + params["A"] / np.asarray(n, dtype=float) ** params["alpha"]
     if "beta" in params:
