@@ -181,6 +181,37 @@ def test_generation_is_repeatable_for_a_seed(gpt_run: Path, capsys: pytest.Captu
     assert type(AutoModelForCausalLM.from_pretrained(gpt_run / "hf")).__name__ == "GPT2LMHeadModel"
 
 
+def test_a_gpt_fine_tunes_as_a_classifier_and_its_random_control_shares_only_the_architecture(
+    gpt_run: Path, tmp_path: Path
+):
+    hf = gpt_run / "hf"
+    info = RunDir(gpt_run).info
+    info = type(info)(**{**info.to_dict(), "kind": "text", "classes": ["negative", "positive"]})
+    settings = {"pretrained": str(hf), "pooling": "last"}
+    pretrained = build_model(ModelConfig(name="bert", **settings), info)
+    control = build_model(ModelConfig(name="bert", random_init=True, **settings), info)
+    decoder = RunDir(gpt_run).model.hf.transformer
+    assert type(pretrained.bert).__name__ == type(control.bert).__name__ == "GPT2Model"
+    assert torch.equal(pretrained.bert.h[0].attn.c_attn.weight, decoder.h[0].attn.c_attn.weight)
+    assert not torch.equal(control.bert.h[0].attn.c_attn.weight, decoder.h[0].attn.c_attn.weight)
+    assert [p.shape for p in control.parameters()] == [p.shape for p in pretrained.parameters()]
+    # `last` pools the last real token of each right-padded text.
+    ids = torch.tensor([[5, 6, 7, 0], [8, 9, 0, 0]])
+    mask = (ids != 0).long()
+    with torch.no_grad():
+        states = pretrained.bert(input_ids=ids, attention_mask=mask)
+        pooled = pretrained.pooled(states, mask)
+    assert torch.equal(pooled, states.last_hidden_state[[0, 1], [2, 1]])
+    args = ["data.name=rotten-tomatoes", "data.limit=200", "data.max_length=24", f"data.tokenizer={hf}"]
+    args += ["model.name=bert", f"model.pretrained={hf}", "model.pooling=last", "train.epochs=1"]
+    args += ["train.progress=false"]
+    for name, extra in (("fine-tuned", []), ("control", ["model.random_init=true"])):
+        assert main(["train", *args, *extra, f"--out={tmp_path / name}"]) == 0
+        assert (tmp_path / name / "report.json").is_file()
+    with pytest.raises(UserError, match="model.random_init=true builds model.pretrained's architecture"):
+        build_model(ModelConfig(name="bert", random_init=True), info)
+
+
 def test_language_model_evaluation_batches_keep_the_logits_small(gpt_run: Path):
     """A GPT's logits are (batch, length, vocabulary): 1024 blocks of 128 at 16,000 words are 8.4 GB."""
     wide = DataInfo(kind="clm", classes=[], input_shape=[128], source="", vocab_size=16000)

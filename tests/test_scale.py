@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -80,3 +82,43 @@ def test_a_language_model_sweep_counts_tokens_and_leaves_embeddings_out(in_tmp: 
         assert run.config.data.tokenizer == str((root / "tokenizer").resolve())  # trained on all of them
         assert r["C_over_6ND"] > 1  # attention and the output layer over the vocabulary are extra
     assert "note: L(N) needs runs at 4 or more sizes; this sweep has 2" in out
+
+
+@pytest.mark.slow
+def test_a_sweeps_language_models_fine_tune_beside_random_controls(in_tmp: Path, capsys):
+    code, _, err = run_cli(capsys, "scale", *LM_ARGS, "--sizes", "16x1,32x1", "--out", "sweep")
+    assert code == 0, err
+    args = [
+        "--data=rotten-tomatoes",
+        "--labels=300",
+        "--epochs=1",
+        "--seeds=0",
+        f"--out={in_tmp / 'pays.json'}",
+    ]
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.pretraining_pays",
+            in_tmp / "sweep",
+            *args,
+            f"--work={in_tmp / 'work'}",
+        ],
+        cwd=Path(__file__).resolve().parents[1],  # where the benchmarks package is
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads((in_tmp / "pays.json").read_text())
+    assert [row["size"] for row in result["rows"]] == ["16x1", "32x1"]
+    for row in result["rows"]:
+        assert row["gain"] == pytest.approx(row["pretrained"] - row["random"])
+        assert 0 < row["random"] < 1 and 0 < row["pretrained"] < 1
+    # Each arm is its own run: the pretrained one from the sweep's weights, the control at random.
+    for name, random_init in (("pretrained-32x1-1.0-s0", False), ("random-32x1-s0", True)):
+        model = api.load(in_tmp / "work" / name).config.model.settings()
+        assert model.get("random_init", False) is random_init and model["pooling"] == "last"
+    assert "the sweep has no joint law L(N, D) to say at what compute" in done.stdout or (
+        "does not raise the gain" in done.stdout
+    )

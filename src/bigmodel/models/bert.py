@@ -30,7 +30,7 @@ from bigmodel.models.registry import register_model
 ENCODERS = ("bert", "modernbert")
 
 
-POOLINGS = ("cls", "mean")
+POOLINGS = ("cls", "mean", "last")
 
 
 class BertClassifier(Model):
@@ -55,10 +55,15 @@ class BertClassifier(Model):
 
     def pooled(self, out: Any, attention_mask: torch.Tensor) -> torch.Tensor:
         """``cls``: BERT's pooled [CLS] vector. ``mean``: the average of the text's token vectors,
-        which a masked LM has trained (it never predicts [CLS], so pretraining leaves that untaught)."""
+        which a masked LM has trained (it never predicts [CLS], so pretraining leaves that untaught).
+        ``last``: the last real token's vector (texts are padded on the right), the only one a
+        causal decoder such as our ``gpt`` computes from the whole text."""
         if self.pooling == "mean":
             weights = attention_mask.unsqueeze(-1).to(out.last_hidden_state.dtype)
             return (out.last_hidden_state * weights).sum(1) / weights.sum(1).clamp(min=1)
+        if self.pooling == "last":
+            last = attention_mask.sum(1).clamp(min=1) - 1
+            return out.last_hidden_state[torch.arange(len(last), device=last.device), last]
         return out.pooler_output if self.pooler is None else self.pooler(out.last_hidden_state[:, 0])
 
     @property
@@ -124,15 +129,16 @@ class BertClassifier(Model):
         return hf.eval()
 
 
-def load_pretrained(name: str, kind: Any = None) -> Any:
+def load_pretrained(name: str, kind: Any = None, weights: bool = True) -> Any:
     """``kind`` (a transformers class, default ``AutoModel``: the encoder the directory holds, without
-    its task head) loaded from a saved directory or hub id. A directory with a config and no weights
-    (a run's ``pretrained/``) gives the model at random: the run's checkpoint then fills every weight."""
+    its task head) loaded from a saved directory or hub id. Without ``weights``, or from a directory
+    with a config and no weights (a run's ``pretrained/``, whose checkpoint then fills every weight),
+    the same architecture at random."""
     if kind is None:
         from transformers import AutoModel as kind
 
     try:
-        if _config_only(Path(name)):
+        if not weights or _config_only(Path(name)):
             from transformers import AutoConfig
 
             return kind.from_config(AutoConfig.from_pretrained(name), attn_implementation="sdpa")
@@ -252,14 +258,22 @@ def bert(
     pretrained: str | None = None,
     encoder: str = "bert",
     pooling: str = "cls",
+    random_init: bool = False,
 ) -> nn.Module:
     """A small BERT (4 layers × 256, 7.4M weights with a 16k vocabulary) trained from scratch, or, with
-    ``pretrained``, a saved encoder (of any kind ``AutoModel`` reads) whose own config replaces the
-    size settings and ``encoder``. The classifier's dropout is ``dropout``; the encoder's own is 0.1."""
+    ``pretrained``, a saved encoder (of any kind ``AutoModel`` reads, a ``gpt`` run's decoder too)
+    whose own config replaces the size settings and ``encoder``. ``random_init`` builds that encoder
+    at random instead: the control that says what its pretraining added. The classifier's dropout is
+    ``dropout``; the encoder's own is 0.1."""
     if pretrained is not None:
-        loaded = load_pretrained(pretrained)
+        loaded = load_pretrained(pretrained, weights=not random_init)
         check_fits(loaded.config, info, pretrained)
         return BertClassifier(loaded, info.num_classes, dropout, pooling)
+    if random_init:
+        raise UserError(
+            "model.random_init=true builds model.pretrained's architecture at random; set model.pretrained "
+            "to a saved model's directory (without it the encoder is random already)"
+        )
 
     from transformers import AutoModel  # imported here: transformers takes seconds to import
 
