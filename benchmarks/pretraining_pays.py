@@ -2,7 +2,7 @@
 architectures at random, the gain fitted against the pretraining's loss, and that loss against compute.
 
     python -m benchmarks.pretraining_pays SWEEP [--sizes 128x4,128x2] [--data imdb] [--labels 2000]
-        [--epochs 3] [--lr 5e-4] [--seeds 0,1] [--test] [--work DIR] [--out FILE]
+        [--epochs 3] [--lr 5e-4] [--pooling last] [--seeds 0,1] [--test] [--work DIR] [--out FILE]
 
 SWEEP is a ``bigmodel scale`` directory of ``gpt`` runs (its ``scale.json`` and each run's ``hf/``; the
 runs share one tokenizer). For every run of the chosen sizes and every seed, the ``bert`` classifier
@@ -43,7 +43,7 @@ def fine_tune_args(hf: Path, args: argparse.Namespace) -> list[str]:
     length = json.loads((hf / "config.json").read_text())["n_positions"]
     return [
         f"data.name={args.data}", f"data.max_length={length}", f"data.limit={args.labels}",
-        f"data.tokenizer={hf}", "model.name=bert", "model.pooling=last", "model.dropout=0.1",
+        f"data.tokenizer={hf}", "model.name=bert", f"model.pooling={args.pooling}", "model.dropout=0.1",
         f"train.epochs={args.epochs}", "train.batch_size=32", "train.grad_clip=1.0", "train.progress=false",
         "optim.name=adamw", f"optim.lr={args.lr}", "optim.weight_decay=0.01", "optim.warmup_epochs=0.1",
         "optim.schedule=cosine",
@@ -101,6 +101,7 @@ def main() -> None:
     parser.add_argument("--labels", type=int, default=2000)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--pooling", default="last", help="the classifier's model.pooling: last or mean")
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--test", action="store_true", help="score the test split (slower) instead of val")
     parser.add_argument("--work", type=Path, default=None)
