@@ -1,8 +1,9 @@
 """When would self-pretraining pay? A sweep's pretrained GPTs fine-tuned as classifiers beside the same
 architectures at random, the gain fitted against the pretraining's loss, and that loss against compute.
 
-    python -m benchmarks.pretraining_pays SWEEP [--sizes 128x4,128x2] [--data imdb] [--labels 2000]
-        [--epochs 3] [--lr 5e-4] [--pooling last] [--seeds 0,1] [--test] [--work DIR] [--out FILE]
+    python -m benchmarks.pretraining_pays SWEEP [--sizes 128x4,64x2] [--fractions 0.4] [--data imdb]
+        [--labels 2000] [--epochs 3] [--lr 5e-4] [--pooling last] [--seeds 0,1] [--test] [--work DIR]
+        [--out FILE]
 
 SWEEP is a ``bigmodel scale`` directory of ``gpt`` runs (its ``scale.json`` and each run's ``hf/``; the
 runs share one tokenizer). For every run of the chosen sizes and every seed, the ``bert`` classifier
@@ -12,9 +13,10 @@ one that has read the whole text) and, once per size and seed, from the same arc
 The gain is the pretrained arm's accuracy less its control's (validation; test with ``--test``).
 
 Fitted: gain = a + b · (the pretrained run's validation loss), least squares, with a bootstrap over the
-(run, seed) pairs for 95 % intervals; it crosses zero at a loss L*. The sweep's joint law L(N, D), on its
-compute-optimal frontier (C = k·N·D, k measured), then gives the compute at which pretraining reaches
-L*: the compute this fit says self-pretraining needs before it beats random weights.
+(run, seed) pairs for 95 % intervals; it crosses zero at a loss L*. The sweep's joint law L(N, D), with
+each size's measured FLOPs per parameter and token, then gives the compute at which pretraining reaches
+L* for each of the sweep's sizes: the compute this fit says self-pretraining needs before it beats
+random weights.
 Results in ``benchmarks/results/pretraining_pays.json``.
 """
 
@@ -22,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,6 @@ import numpy as np
 from bigmodel.api import train
 from bigmodel.config import load_config
 from bigmodel.data import build_data
-from bigmodel.evaluation.scaling import Fit, compute_optimal
 
 RESULTS = Path(__file__).resolve().parent / "results" / "pretraining_pays.json"
 BOOTSTRAPS = 1000
@@ -50,21 +50,16 @@ def fine_tune_args(hf: Path, args: argparse.Namespace) -> list[str]:
     ]  # fmt: skip
 
 
-def loss_on_frontier(joint: Fit, k: float, compute: float) -> float:
-    return compute_optimal(joint, compute, k)["loss"]
-
-
-def compute_to_reach(joint: Fit, k: float, loss: float, low: float = 1e9, high: float = 1e30) -> float | None:
-    """The budget whose compute-optimal loss is ``loss`` (bisection in log C); None if out of range."""
-    if loss_on_frontier(joint, k, high) > loss:
-        return None  # the fit never gets there
-    if loss_on_frontier(joint, k, low) <= loss:
-        return low
-    lo, hi = np.log10(low), np.log10(high)
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if loss_on_frontier(joint, k, 10**mid) > loss else (lo, mid)
-    return float(10**hi)
+def compute_to_reach(
+    params: dict[str, float], n: float, flops_per_param_token: float, loss: float
+) -> float | None:
+    """The training FLOPs at which the joint law puts a model of ``n`` parameters at ``loss``: the D
+    that solves L(n, D) = loss, times what that size spends per parameter and token (measured: the
+    output layer over the vocabulary makes it larger for smaller models). None where it never gets there."""
+    rest = loss - params["E"] - params["A"] / n ** params["alpha"]
+    if rest <= 0:
+        return None
+    return flops_per_param_token * n * (params["B"] / rest) ** (1 / params["beta"])
 
 
 def fit_gain(losses: np.ndarray, gains: np.ndarray, seed: int = 0) -> dict[str, Any]:
@@ -97,6 +92,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweep", type=Path)
     parser.add_argument("--sizes", default=None, help="comma-separated sizes of the sweep (default: all)")
+    parser.add_argument("--fractions", default=None, help="the sweep's data fractions to use (default: all)")
     parser.add_argument("--data", default="imdb")
     parser.add_argument("--labels", type=int, default=2000)
     parser.add_argument("--epochs", type=int, default=3)
@@ -109,7 +105,11 @@ def main() -> None:
     args = parser.parse_args()
     summary = json.loads((args.sweep / "scale.json").read_text())
     sizes = args.sizes.split(",") if args.sizes else sorted({r["size"] for r in summary["runs"]})
-    runs = sorted((r for r in summary["runs"] if r["size"] in sizes), key=lambda r: (r["N"], r["D"]))
+    fractions = [float(f) for f in args.fractions.split(",")] if args.fractions else None
+    runs = sorted(
+        (r for r in summary["runs"] if r["size"] in sizes and (not fractions or r["data"] in fractions)),
+        key=lambda r: (r["N"], r["D"]),
+    )
     seeds = [int(s) for s in args.seeds.split(",")]
     split = "test" if args.test else "val"
     work = args.work or Path(tempfile.mkdtemp(prefix="pretraining-pays-"))
@@ -148,37 +148,53 @@ def main() -> None:
                 f"gain {100 * (pretrained - control):+.2f}",
                 flush=True,
             )
-    gain = fit_gain(np.array([x["lm_loss"] for x in rows]), np.array([x["gain"] for x in rows]))
+    losses = np.array([x["lm_loss"] for x in rows])
+    gain = fit_gain(losses, np.array([x["gain"] for x in rows])) if len(set(losses)) > 1 else None
+    target = gain["zero_gain_loss"] if gain else None
     joint = summary["fits"].get("N,D")
-    k = statistics.median(r["C"] / (r["N"] * r["D"]) for r in summary["runs"])
-    target = gain["zero_gain_loss"]
-    needed = None
+    needed = {}
     if target is not None and joint is not None:
-        needed = compute_to_reach(Fit("N,D", joint["params"]), k, target)
+        ends = gain["zero_gain_loss_interval"] or []
+        for size in sorted({r["size"] for r in summary["runs"]}):
+            of_size = [r for r in summary["runs"] if r["size"] == size]
+            n, k = of_size[0]["N"], of_size[0]["C"] / (of_size[0]["N"] * of_size[0]["D"])
+            speed = sum(r["C"] for r in of_size) / sum(r["train_seconds"] for r in of_size)
+            flops = compute_to_reach(joint["params"], n, k, target)
+            needed[size] = {
+                "N": n, "flops": flops, "seconds_here": flops / speed if flops else None,
+                "flops_interval": [compute_to_reach(joint["params"], n, k, end) for end in ends[::-1]],
+            }  # fmt: skip
     result = {
         "sweep": str(args.sweep),
         "settings": {k_: str(v) for k_, v in vars(args).items()},
         "split": split,
         "rows": rows,
         "gain_fit": gain,
-        "flops_per_param_token": k,
         "compute_for_zero_gain": needed,
-        "largest_pretraining_compute": max(r["C"] for r in runs),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(
-        f"gain = {100 * gain['intercept']:+.2f} {100 * gain['slope']:+.2f} * LM loss (points); slope 95 %: "
-        f"{100 * gain['slope_interval'][0]:+.2f} to {100 * gain['slope_interval'][1]:+.2f}"
-    )
-    if target is None:
-        print("a lower LM loss does not raise the gain in this fit: it cannot say what compute would pay")
-    elif joint is None:
-        print(f"zero gain at LM loss {target:.3f}; the sweep has no joint law L(N, D) to say at what compute")
-    elif needed is None:
-        print(f"zero gain at LM loss {target:.3f}, which the joint law never reaches")
+    if gain is None:
+        print("every chosen run has the same LM loss: no gain to fit against it")
     else:
-        print(f"zero gain at LM loss {target:.3f}, on the compute-optimal frontier at {needed:.2e} FLOPs")
+        low, high = (100 * end for end in gain["slope_interval"])
+        print(
+            f"gain = {100 * gain['intercept']:+.2f} {100 * gain['slope']:+.2f} * LM loss (points); "
+            f"slope, 95 %: {low:+.2f} to {high:+.2f}"
+        )
+    if gain is not None and target is None:
+        print("a lower LM loss does not raise the gain in this fit: it cannot say what compute would pay")
+    elif target is not None and joint is None:
+        print(f"zero gain at LM loss {target:.3f}; the sweep has no joint law L(N, D) to say at what compute")
+    for size, at in sorted(needed.items(), key=lambda item: item[1]["N"]):
+        if at["flops"] is None:
+            print(f"{size:>6}: the joint law never brings it to LM loss {target:.3f}")
+        else:
+            low, high = (f"{f:.1e}" if f else "never" for f in at["flops_interval"] or [None, None])
+            print(
+                f"{size:>6}: zero gain (LM loss {target:.3f}) at {at['flops']:.2e} FLOPs ({low} to {high}), "
+                f"{at['seconds_here']:.0f} s of pretraining here"
+            )
     print(f"results: {args.out}")
 
 

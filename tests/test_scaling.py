@@ -58,14 +58,14 @@ def test_compute_optimal_lies_at_the_bottom_of_the_budgets_line():
         assert fit.predict(other_n, budget / (k * other_n))[()] > best["loss"]
 
 
-def test_the_compute_that_reaches_a_loss_inverts_the_frontier_and_the_gain_fit_finds_its_zero():
+def test_the_compute_that_reaches_a_loss_inverts_the_joint_law_and_the_gain_fit_finds_its_zero():
     from benchmarks.pretraining_pays import compute_to_reach, fit_gain
-    from bigmodel.evaluation.scaling import Fit
+    from bigmodel.evaluation.scaling import predict
 
-    law = Fit("N,D", TRUE)
-    needed = compute_to_reach(law, 6.0, 2.5)
-    assert needed is not None and compute_optimal(law, needed, 6.0)["loss"] == pytest.approx(2.5, abs=1e-3)
-    assert compute_to_reach(law, 6.0, TRUE["E"] - 0.1) is None  # below the irreducible loss: never
+    flops = compute_to_reach(TRUE, 1e8, 6.0, 2.5)
+    assert flops is not None and predict(TRUE, 1e8, flops / (6.0 * 1e8)) == pytest.approx(2.5)
+    assert compute_to_reach(TRUE, 1e8, 12.0, 2.5) == pytest.approx(2 * flops)  # twice the FLOPs per token
+    assert compute_to_reach(TRUE, 1e8, 6.0, TRUE["E"] + 0.1) is None  # that model's size alone costs more
     # Gains that rise as the language model's loss falls, +1 point per nat, zero at a loss of 5.
     lm_loss = np.repeat([5.2, 5.5, 5.8, 6.1], 3)
     gain = 0.01 * (5.0 - lm_loss) + np.random.default_rng(0).normal(0, 0.001, lm_loss.shape)
