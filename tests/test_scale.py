@@ -122,3 +122,28 @@ def test_a_sweeps_language_models_fine_tune_beside_random_controls(in_tmp: Path,
     assert "the sweep has no joint law L(N, D) to say at what compute" in done.stdout or (
         "does not raise the gain" in done.stdout
     )
+
+
+@pytest.mark.slow
+def test_a_budget_gets_the_best_size_and_data_within_the_sizes_measured(in_tmp: Path, capsys):
+    args = [*DIGITS_ARGS, "train.epochs=2", "--sizes", "4,8,16", "--data-fractions", "0.3,0.6,1"]
+    code, out, err = run_cli(
+        capsys, "scale", *args, "--budget", "1e13", "--accelerator", "A100", "--mfu", "0.5"
+    )
+    assert code == 0, err
+    summary = json.loads((in_tmp / "runs" / "scale" / "digits-cnn-scale" / "scale.json").read_text())
+    runs, advice = summary["runs"], summary["advice"]
+    assert len(runs) == 9 and "N,D" in summary["fits"]
+    smallest, largest = min(r["N"] for r in runs), max(r["N"] for r in runs)
+    assert smallest <= advice["params"] * (1 + 1e-9) and advice["params"] <= largest * (1 + 1e-9)
+    # The budget is spent at the advised size's own cost per parameter and token.
+    spent = advice["params"] * advice["tokens"] * advice["flops_per_param_token"]
+    assert spent == pytest.approx(1e13, rel=1e-6)
+    costs = {r["N"]: r["C"] / (r["N"] * r["D"]) for r in runs}
+    assert min(costs.values()) <= advice["flops_per_param_token"] <= max(costs.values())
+    assert advice["seconds_on_accelerator"] == pytest.approx(1e13 / (312e12 * 0.5))
+    assert "budget 1e+13 FLOPs: N " in out and " h on A100" in out
+    at_an_end = any(abs(advice["params"] - n) < 1e-6 * n for n in (smallest, largest))
+    assert at_an_end == any(
+        note.startswith("--budget: the best N is the sweep's") for note in summary["notes"]
+    )

@@ -56,6 +56,12 @@ def test_compute_optimal_lies_at_the_bottom_of_the_budgets_line():
     for factor in (0.5, 2.0):  # a smaller or larger model on the same budget does worse
         other_n = best["params"] * factor
         assert fit.predict(other_n, budget / (k * other_n))[()] > best["loss"]
+    # Measured per size, k is a function of N; one that charges small models more moves the optimum up.
+    assert compute_optimal(fit, budget, lambda n: np.full_like(n, k)) == best
+    dearer_small = compute_optimal(fit, budget, lambda n: k * (1 + 1e8 / n))
+    assert dearer_small["params"] > best["params"]
+    n_best = dearer_small["params"]
+    assert n_best * dearer_small["tokens"] * k * (1 + 1e8 / n_best) == pytest.approx(budget, rel=1e-6)
 
 
 def test_the_compute_that_reaches_a_loss_inverts_the_joint_law_and_the_gain_fit_finds_its_zero():

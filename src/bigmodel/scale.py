@@ -17,10 +17,12 @@ estimate, is reported beside it: it leaves out attention's own products and the 
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch.nn as nn
 
 from bigmodel.config import Config, load_config
@@ -276,12 +278,23 @@ def _analyse(
     advice = None
     if budget is not None:
         if "N,D" in fits:
-            k = statistics.median(r["C"] / (r["N"] * r["D"]) for r in runs)
-            speed = statistics.median(r["C"] / r["train_seconds"] for r in runs if r["train_seconds"])
-            advice = compute_optimal(fits["N,D"], budget, k)
+            k = _by_size(runs, lambda r: r["C"] / (r["N"] * r["D"]))
+            speed = _by_size(runs, lambda r: r["C"] / r["train_seconds"])
+            sizes = (min(r["N"] for r in runs), max(r["N"] for r in runs))
+            advice = compute_optimal(fits["N,D"], budget, k, sizes)
+            at_end = [
+                end
+                for end, n in zip(("smallest", "largest"), sizes, strict=True)
+                if np.isclose(advice["params"], n)
+            ]
+            if at_end:
+                notes.append(
+                    f"--budget: the best N is the sweep's {at_end[0]} size; the advice looks no further, "
+                    "where neither the loss nor the FLOPs per token were measured"
+                )
             advice |= {
-                "flops_per_param_token": k,
-                "seconds_here": budget / speed,
+                "flops_per_param_token": float(k(advice["params"])),
+                "seconds_here": budget / float(speed(advice["params"])),
                 "accelerator": accelerator,
                 "assumed_mfu": mfu,
                 "seconds_on_accelerator": budget / (ACCELERATORS[accelerator] * mfu),
@@ -300,6 +313,15 @@ def _analyse(
     page = root / "scale.html"
     write_text(page, _page(study.study_name, runs, fits, extrapolation, advice, notes))
     return ScaleResult(root, runs, fits, extrapolation, advice, notes, page)
+
+
+def _by_size(runs: list[dict[str, Any]], value: Callable[[dict[str, Any]], float]) -> Callable[[Any], Any]:
+    """``value`` at any N: each size's median over its runs, interpolated in log-log between sizes and the
+    nearest size's beyond them. FLOPs per parameter and token, and FLOP/s, both change with size."""
+    sizes = sorted({r["N"] for r in runs})
+    medians = [statistics.median(value(r) for r in runs if r["N"] == n and r["train_seconds"]) for n in sizes]
+    log_n, log_v = np.log(sizes), np.log(medians)
+    return lambda n: np.exp(np.interp(np.log(n), log_n, log_v))
 
 
 def _extrapolate(runs: list[dict[str, Any]], notes: list[str]) -> dict[str, Any] | None:
@@ -361,7 +383,6 @@ def _page(
     advice: dict[str, Any] | None,
     notes: list[str],
 ) -> str:
-    import numpy as np
     from matplotlib.figure import Figure
 
     from bigmodel.evaluation.profile import si

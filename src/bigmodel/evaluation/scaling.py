@@ -13,6 +13,7 @@ Confidence intervals come from refitting on bootstrap resamples of the runs (per
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -152,12 +153,21 @@ def _fit_once(
 
 
 def compute_optimal(
-    joint: Fit, budget: float, flops_per_param_token: float, points: int = 400
+    joint: Fit,
+    budget: float,
+    flops_per_param_token: float | Callable[[np.ndarray], np.ndarray],
+    sizes: tuple[float, float] | None = None,
+    points: int = 600,
 ) -> dict[str, float]:
-    """For a FLOP budget C = k·N·D (k measured from the runs), the N and D on that budget's line that
-    minimise the joint law's loss, and that loss."""
-    n = np.logspace(3, np.log10(budget / flops_per_param_token), points)
-    d = budget / (flops_per_param_token * n)
+    """For a FLOP budget C = k·N·D, the N (within ``sizes``; default from 10³ up to the whole budget)
+    and D on that budget's line that minimise the joint law's loss, and that loss. k is a number or a
+    function of N: measured per size it falls as models grow, since the output layer over the
+    vocabulary, outside N, weighs less beside wider blocks."""
+    k = flops_per_param_token if callable(flops_per_param_token) else (lambda n: flops_per_param_token)
+    low, high = sizes or (1e3, budget)
+    n = np.logspace(np.log10(low), np.log10(high), points)
+    d = budget / (k(n) * n)
+    n, d = n[d >= 1], d[d >= 1]  # at least a token each
     loss = joint.predict(n, d)
     i = int(np.argmin(loss))
     return {"budget_flops": budget, "params": float(n[i]), "tokens": float(d[i]), "loss": float(loss[i])}
