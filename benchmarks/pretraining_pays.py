@@ -33,6 +33,7 @@ import numpy as np
 from bigmodel.api import train
 from bigmodel.config import load_config
 from bigmodel.data import build_data
+from bigmodel.scale import by_size
 
 RESULTS = Path(__file__).resolve().parent / "results" / "pretraining_pays.json"
 BOOTSTRAPS = 1000
@@ -155,13 +156,13 @@ def main() -> None:
     needed = {}
     if target is not None and joint is not None:
         ends = gain["zero_gain_loss_interval"] or []
-        for size in sorted({r["size"] for r in summary["runs"]}):
-            of_size = [r for r in summary["runs"] if r["size"] == size]
-            n, k = of_size[0]["N"], of_size[0]["C"] / (of_size[0]["N"] * of_size[0]["D"])
-            speed = sum(r["C"] for r in of_size) / sum(r["train_seconds"] for r in of_size)
+        cost = by_size(summary["runs"], lambda r: r["C"] / (r["N"] * r["D"]))
+        speed = by_size(summary["runs"], lambda r: r["C"] / r["train_seconds"])
+        for size, n in sorted({(r["size"], r["N"]) for r in summary["runs"]}):
+            k = float(cost(n))
             flops = compute_to_reach(joint["params"], n, k, target)
             needed[size] = {
-                "N": n, "flops": flops, "seconds_here": flops / speed if flops else None,
+                "N": n, "flops": flops, "seconds_here": flops / float(speed(n)) if flops else None,
                 "flops_interval": [compute_to_reach(joint["params"], n, k, end) for end in ends[::-1]],
             }  # fmt: skip
     result = {

@@ -147,3 +147,7 @@ def test_a_budget_gets_the_best_size_and_data_within_the_sizes_measured(in_tmp: 
     assert at_an_end == any(
         note.startswith("--budget: the best N is the sweep's") for note in summary["notes"]
     )
+    # A budget too small for one token at any size is a note, not a traceback (the sweep is only re-read).
+    code, out, err = run_cli(capsys, "scale", *args, "--budget", "10", "--resume")
+    assert code == 0, err
+    assert "note: --budget: 10 FLOPs do not buy one token at the sweep's smallest size" in out

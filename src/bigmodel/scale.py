@@ -275,32 +275,7 @@ def _analyse(
     else:
         notes.append("L(N, D) needs 6 or more runs over at least 3 sizes and 3 data fractions")
     extrapolation = _extrapolate(runs, notes)
-    advice = None
-    if budget is not None:
-        if "N,D" in fits:
-            k = _by_size(runs, lambda r: r["C"] / (r["N"] * r["D"]))
-            speed = _by_size(runs, lambda r: r["C"] / r["train_seconds"])
-            sizes = (min(r["N"] for r in runs), max(r["N"] for r in runs))
-            advice = compute_optimal(fits["N,D"], budget, k, sizes)
-            at_end = [
-                end
-                for end, n in zip(("smallest", "largest"), sizes, strict=True)
-                if np.isclose(advice["params"], n)
-            ]
-            if at_end:
-                notes.append(
-                    f"--budget: the best N is the sweep's {at_end[0]} size; the advice looks no further, "
-                    "where neither the loss nor the FLOPs per token were measured"
-                )
-            advice |= {
-                "flops_per_param_token": float(k(advice["params"])),
-                "seconds_here": budget / float(speed(advice["params"])),
-                "accelerator": accelerator,
-                "assumed_mfu": mfu,
-                "seconds_on_accelerator": budget / (ACCELERATORS[accelerator] * mfu),
-            }
-        else:
-            notes.append("--budget: advice needs the joint fit L(N, D)")
+    advice = _advise(fits, runs, budget, accelerator, mfu, notes) if budget is not None else None
     summary = {
         "runs": runs,
         "fits": {form: fit.to_dict() for form, fit in fits.items()},
@@ -315,7 +290,43 @@ def _analyse(
     return ScaleResult(root, runs, fits, extrapolation, advice, notes, page)
 
 
-def _by_size(runs: list[dict[str, Any]], value: Callable[[dict[str, Any]], float]) -> Callable[[Any], Any]:
+def _advise(
+    fits: dict[str, Fit],
+    runs: list[dict[str, Any]],
+    budget: float,
+    accelerator: str,
+    mfu: float,
+    notes: list[str],
+) -> dict[str, Any] | None:
+    """The compute-optimal N and D for ``budget``, among the sizes measured, at each size's own cost."""
+    if "N,D" not in fits:
+        notes.append("--budget: advice needs the joint fit L(N, D)")
+        return None
+    k = by_size(runs, lambda r: r["C"] / (r["N"] * r["D"]))
+    speed = by_size(runs, lambda r: r["C"] / r["train_seconds"])
+    sizes = (min(r["N"] for r in runs), max(r["N"] for r in runs))
+    advice = compute_optimal(fits["N,D"], budget, k, sizes)
+    if advice is None:
+        notes.append(f"--budget: {budget:.3g} FLOPs do not buy one token at the sweep's smallest size")
+        return None
+    at_end = [
+        end for end, n in zip(("smallest", "largest"), sizes, strict=True) if np.isclose(advice["params"], n)
+    ]
+    if at_end:
+        notes.append(
+            f"--budget: the best N is the sweep's {at_end[0]} size; the advice looks no further, "
+            "where neither the loss nor the FLOPs per token were measured"
+        )
+    return advice | {
+        "flops_per_param_token": float(k(advice["params"])),
+        "seconds_here": budget / float(speed(advice["params"])),
+        "accelerator": accelerator,
+        "assumed_mfu": mfu,
+        "seconds_on_accelerator": budget / (ACCELERATORS[accelerator] * mfu),
+    }
+
+
+def by_size(runs: list[dict[str, Any]], value: Callable[[dict[str, Any]], float]) -> Callable[[Any], Any]:
     """``value`` at any N: each size's median over its runs, interpolated in log-log between sizes and the
     nearest size's beyond them. FLOPs per parameter and token, and FLOP/s, both change with size."""
     sizes = sorted({r["N"] for r in runs})

@@ -158,16 +158,18 @@ def compute_optimal(
     flops_per_param_token: float | Callable[[np.ndarray], np.ndarray],
     sizes: tuple[float, float] | None = None,
     points: int = 600,
-) -> dict[str, float]:
+) -> dict[str, float] | None:
     """For a FLOP budget C = k·N·D, the N (within ``sizes``; default from 10³ up to the whole budget)
     and D on that budget's line that minimise the joint law's loss, and that loss. k is a number or a
     function of N: measured per size it falls as models grow, since the output layer over the
-    vocabulary, outside N, weighs less beside wider blocks."""
+    vocabulary, outside N, weighs less beside wider blocks. None if the budget buys no token."""
     k = flops_per_param_token if callable(flops_per_param_token) else (lambda n: flops_per_param_token)
     low, high = sizes or (1e3, budget)
     n = np.logspace(np.log10(low), np.log10(high), points)
     d = budget / (k(n) * n)
     n, d = n[d >= 1], d[d >= 1]  # at least a token each
+    if not len(n):
+        return None
     loss = joint.predict(n, d)
     i = int(np.argmin(loss))
     return {"budget_flops": budget, "params": float(n[i]), "tokens": float(d[i]), "loss": float(loss[i])}
